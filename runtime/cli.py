@@ -1,0 +1,99 @@
+"""The ``storeclerk`` command line. Heavy imports (torch, export) happen inside the commands that need them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from runtime.errors import StoreclerkError  # noqa: E402
+
+log = logging.getLogger("storeclerk")
+
+
+def _add_data_args(p: argparse.ArgumentParser, oos: bool = True) -> None:
+    p.add_argument("--data", required=True, help="CSV (or Rasa NLU .yml) with labelled utterances")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    if oos:
+        p.add_argument("--oos-label", default=None, help="the label that marks out-of-scope rows, e.g. 'oos'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="storeclerk", description="Offline multimodal customer-service kiosk")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="start the kiosk (until the runtime lands: the terminal chat)")
+    p.add_argument("--model", default=None, help="bundle directory (default: the embedded kiosk bundle)")
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--no-voice", action="store_true")
+    p.add_argument("--no-camera", action="store_true")
+
+    p = sub.add_parser("chat", help="terminal chat showing intent, confidence, entities, out-of-scope")
+    p.add_argument("--model", default=None, help="bundle directory (default: the embedded kiosk bundle)")
+
+    p = sub.add_parser("train", help="train a model and write a bundle")
+    tsub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    t = tsub.add_parser("intents", help="fine-tune the intent model on a CSV and export an INT8 bundle")
+    _add_data_args(t)
+    t.add_argument("--out", required=True, help="bundle directory to write")
+    t.add_argument("--epochs", type=int, default=None, help="training epochs (default: by data size)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--precisions", default="int8", help="comma list of fp32,fp16,int8 (default int8)")
+    t.add_argument("--keep-checkpoint", default=None, help="also keep the torch checkpoint here (for re-export)")
+    t.add_argument("--threads", type=int, default=0)
+
+    p = sub.add_parser("eval", help="evaluate a bundle on labelled data")
+    esub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    e = esub.add_parser("intents", help="accuracy, macro-F1, per-class and out-of-scope numbers")
+    e.add_argument("--model", default=None, help="bundle directory (default: the embedded kiosk bundle)")
+    _add_data_args(e)
+    e.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    p = sub.add_parser("export", help="workstation stage: torch checkpoint → ONNX → INT8/FP16 → verified bundle")
+    xsub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    x = xsub.add_parser("intents", help="export an intent checkpoint (see train --keep-checkpoint)")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--out", required=True)
+    x.add_argument("--precisions", default="int8,fp16")
+    x.add_argument("--opset", type=int, default=17)
+    x.add_argument("--name", default="intents")
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bsub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    b = bsub.add_parser("text", help="torch fp32 vs ONNX Runtime fp32 vs INT8, batch 1 and 32, accuracy")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--checkpoint", default=None, help="intent checkpoint (default: the kiosk one, built if missing)")
+    b.add_argument("--repeats", type=int, default=200)
+
+    p = sub.add_parser("doctor", help="check models, bundle hashes, providers, versions")
+    p.add_argument("--model", default=None)
+    p.add_argument("--json", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Libraries (onnxruntime's quantiser among them) log chatter on the root logger: only warnings from them.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("storeclerk").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    from runtime import commands
+
+    handler = getattr(commands, f"cmd_{args.command}_{getattr(args, 'what', '')}".rstrip("_").replace("-", "_"))
+    try:
+        return int(handler(args) or 0)
+    except StoreclerkError as exc:
+        print(f"storeclerk: error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
