@@ -43,6 +43,7 @@ def ort_outputs(path: Path, ids_mask: Sequence[tuple[np.ndarray, np.ndarray]], t
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    so.log_severity_level = 3  # fp16 graphs make ORT warn about every constant it cannot fold on CPU
     if threads:
         so.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

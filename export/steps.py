@@ -73,7 +73,7 @@ def optimized_from_onnx(src: Path, out: Path, num_heads: int = 12, hidden_size: 
     return out
 
 
-def int8_from_onnx(src: Path, out: Path, per_channel: bool = True) -> Path:
+def int8_from_onnx(src: Path, out: Path, per_channel: bool = True, exclude: Sequence[str] = ()) -> Path:
     """Dynamic INT8: weights quantised per output channel, activations quantised at run time.
 
     Per-channel weights keep the sentence embedding's cosine with fp32 ≥ 0.99 on MiniLM; per-tensor
@@ -86,10 +86,18 @@ def int8_from_onnx(src: Path, out: Path, per_channel: bool = True) -> Path:
     root.setLevel(logging.ERROR)  # the quantiser's advice to pre-process does not apply to a fused graph
     # Shape inference cannot type the outputs of ORT's fused (com.microsoft) ops: tell it they are float.
     quantize_dynamic(str(src), str(out), per_channel=per_channel, weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul", "Attention", "Gather"],
+                     op_types_to_quantize=["MatMul", "Attention", "Gather"], nodes_to_exclude=list(exclude),
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     root.setLevel(level)
     return out
+
+
+def bert_ffn_output_matmuls(path: Path) -> list[str]:
+    """The feed-forward output projections: their inputs (after GELU) carry the widest activation ranges
+    in a BERT layer, so per-tensor dynamic activation quantisation loses the most there."""
+    g = onnx.load(str(path), load_external_data=False).graph
+    return [n.name for n in g.node
+            if n.op_type == "MatMul" and n.name.endswith("/output/dense/MatMul") and "attention" not in n.name]
 
 
 def fp16_from_onnx(src: Path, out: Path) -> Path:

@@ -60,10 +60,13 @@ def read_labeled(path: str | Path, text_column: str = "text", label_column: str 
 def _read_csv(path: Path, content: str, text_column: str, label_column: str) -> list[Example]:
     if not content.strip():
         raise DataError(f"{path}: the file is empty")
-    try:
-        dialect = csv.Sniffer().sniff(content[:4096], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
+    # The header line decides the delimiter: sniffing a sample mis-reads files whose quoted cells span
+    # lines (Bitext's multi-line responses).
+    header = content.split("\n", 1)[0]
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else next((d for d in ",;\t" if d in header), ",")
+    dialect = csv.excel_tab if delimiter == "\t" else csv.excel
+    if delimiter == ";":
+        dialect = type("semicolon", (csv.excel,), {"delimiter": ";"})
     reader = csv.DictReader(io.StringIO(content, newline=""), dialect=dialect)
     columns = reader.fieldnames or []
     missing = [c for c in (text_column, label_column) if c not in columns]
