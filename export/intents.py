@@ -63,14 +63,13 @@ def calibrate(logits: np.ndarray, y: np.ndarray, oos_index: int | None, max_in_s
                 "threshold": round(thr, 6) if np.isfinite(thr) else None, "threshold_fit": stats,
                 "n_oos": int(is_oos.sum()),
                 "method": out["method"] + "; out of scope = predicted as the out-of-scope label, or highest "
-                "in-scope logit below the threshold: max(Youden's J optimum, 1% in-scope rejection quantile) "
-                "on the calibration split"}
+                f"in-scope logit below the {max_in_scope_rejection:.0%} quantile of in-scope calibration rows"}
     return out
 
 
 def export_intent_bundle(ckpt: IntentCheckpoint, out_dir: Path, precisions: Sequence[str] = ("int8",),
                          opset: int = steps.DEFAULT_OPSET, name: str = "intents", extra_meta: dict | None = None,
-                         heldout: Sequence[Example] = ()) -> dict:
+                         heldout: Sequence[Example] = (), max_in_scope_rejection: float = 0.01) -> dict:
     from runtime.bundle import FORMAT, FORMAT_VERSION, write_manifest
 
     bad = [p for p in precisions if p not in PRECISIONS]
@@ -132,7 +131,10 @@ def export_intent_bundle(ckpt: IntentCheckpoint, out_dir: Path, precisions: Sequ
         n_cal = len(ckpt.calibration)
         cal_logits = outputs[deployed][1][:n_cal]
         cal_y = y[:n_cal]
-        calib = calibrate(cal_logits, cal_y, oos_index)
+        calib = calibrate(cal_logits, cal_y, oos_index, max_in_scope_rejection)
+        if oos_index is not None and calib.get("threshold_fit", {}).get("oos_recall", 1.0) < 0.5:
+            log.warning("out-of-scope recall on the calibration split is only %.2f: add out-of-scope examples",
+                        calib["threshold_fit"]["oos_recall"])
         calib["fitted_on_variant"] = deployed
 
         stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir.parent if out_dir.parent.exists() else None))

@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--precisions", default="int8", help="comma list of fp32,fp16,int8 (default int8)")
     t.add_argument("--keep-checkpoint", default=None, help="also keep the torch checkpoint here (for re-export)")
     t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--max-in-scope-rejection", type=float, default=0.01,
+                   help="out-of-scope threshold: share of in-scope calibration rows it may reject (default 0.01)")
 
     p = sub.add_parser("eval", help="evaluate a bundle on labelled data")
     esub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--precisions", default="int8,fp16")
     x.add_argument("--opset", type=int, default=17)
     x.add_argument("--name", default="intents")
+    x.add_argument("--max-in-scope-rejection", type=float, default=0.01)
 
     p = sub.add_parser("bench", help="benchmarks")
     bsub = p.add_subparsers(dest="what", required=True, metavar="WHAT")

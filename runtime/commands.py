@@ -34,7 +34,9 @@ def default_epochs(n_rows: int) -> int:
         return 10
     if n_rows < 5000:
         return 6
-    return 4
+    if n_rows < 12000:
+        return 4
+    return 3
 
 
 def cmd_train_intents(args) -> int:
@@ -46,6 +48,7 @@ def cmd_train_intents(args) -> int:
         log.warning("--oos-label %r does not occur in %s: out of scope will not be calibrated", args.oos_label, args.data)
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError("--epochs must be at least 1")
+    _check_rejection(args.max_in_scope_rejection)
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
 
     from export.intents import export_intent_bundle
@@ -60,7 +63,8 @@ def cmd_train_intents(args) -> int:
     ckpt = fit(examples, args.oos_label, cfg, meta=meta)
     if args.keep_checkpoint:
         ckpt.save(Path(args.keep_checkpoint))
-    manifest = export_intent_bundle(ckpt, Path(args.out), precisions=precisions, name=Path(args.out).name)
+    manifest = export_intent_bundle(ckpt, Path(args.out), precisions=precisions, name=Path(args.out).name,
+                                    max_in_scope_rejection=args.max_in_scope_rejection)
     _print_train_summary(ckpt, manifest, Path(args.out))
     return 0
 
@@ -89,7 +93,7 @@ def _print_train_summary(ckpt, manifest: dict, out: Path) -> None:
         fit = oos.get("threshold_fit", {})
         if oos.get("threshold") is not None:
             rows.append(("out-of-scope threshold (max in-scope logit)",
-                         f"{oos['threshold']:.3f} (Youden {fit['youden_threshold']:.3f}, 1% floor {fit['rejection_quantile_threshold']:.3f})"))
+                         f"{oos['threshold']:.3f} ({fit['max_in_scope_rejection']:.0%} in-scope quantile)"))
             rows.append(("calibration: oos recall / in-scope rejected",
                          f"{fit['oos_recall']:.3f} / {fit['in_scope_rejected']:.3f}"))
     size = sum(f["bytes"] for f in manifest["files"].values())
@@ -99,13 +103,20 @@ def _print_train_summary(ckpt, manifest: dict, out: Path) -> None:
     _console().print(t)
 
 
+def _check_rejection(value: float) -> None:
+    if not 0.0 <= value < 0.5:
+        raise ConfigError(f"--max-in-scope-rejection must be in [0, 0.5), got {value}")
+
+
 def cmd_export_intents(args) -> int:
+    _check_rejection(args.max_in_scope_rejection)
     from export.intents import export_intent_bundle
     from models.checkpoint import IntentCheckpoint
 
     ckpt = IntentCheckpoint.load(Path(args.checkpoint))
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    manifest = export_intent_bundle(ckpt, Path(args.out), precisions=precisions, opset=args.opset, name=args.name)
+    manifest = export_intent_bundle(ckpt, Path(args.out), precisions=precisions, opset=args.opset, name=args.name,
+                                    max_in_scope_rejection=args.max_in_scope_rejection)
     from rich.table import Table
 
     t = Table(title=f"parity against torch → {args.out}")

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, copy_bundle, run_cli
 
 pytestmark = pytest.mark.slow
@@ -26,7 +25,7 @@ def _clean_failure(p: subprocess.CompletedProcess, *needles: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def test_csv(tmp_path_factory):
+def heldout_csv(tmp_path_factory):
     """Held-out rows written separately from the training file (data/eval), same 5 intents + unseen oos."""
     keep = {"find_product", "product_price", "store_hours", "greet", "contact_human_agent"}
     rows = [r for r in csv.DictReader(open(REPO / "data/eval/kiosk_basics_test.csv", encoding="utf-8"))
@@ -52,8 +51,8 @@ def test_train_writes_a_verified_int8_bundle(tiny_bundle):
     assert entry["oos"]["threshold"] is not None and entry["oos"]["temperature"] > 0
 
 
-def test_eval_json_contract_and_quality(tiny_bundle, test_csv):
-    p = run_cli("eval", "intents", "--model", tiny_bundle, "--data", test_csv, "--text-column", "text",
+def test_eval_json_contract_and_quality(tiny_bundle, heldout_csv):
+    p = run_cli("eval", "intents", "--model", tiny_bundle, "--data", heldout_csv, "--text-column", "text",
                 "--label-column", "label", "--oos-label", "oos", "--json")
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
@@ -75,8 +74,8 @@ def test_eval_counts_unseen_gold_labels_as_errors(tiny_bundle, tmp_path):
     assert d["accuracy"] <= 0.5
 
 
-def test_eval_readable_table(tiny_bundle, test_csv):
-    p = run_cli("eval", "intents", "--model", tiny_bundle, "--data", test_csv, "--oos-label", "oos")
+def test_eval_readable_table(tiny_bundle, heldout_csv):
+    p = run_cli("eval", "intents", "--model", tiny_bundle, "--data", heldout_csv, "--oos-label", "oos")
     assert p.returncode == 0 and "precision" in p.stdout and "accuracy=" in p.stdout
 
 
@@ -98,11 +97,18 @@ print(json.dumps({{"torch": "torch" in sys.modules, "preds": [p.intent for p in 
     assert d["oos"][:3] == [False, False, False]
 
 
-def test_export_from_checkpoint_writes_fp16_and_int8(tmp_path, tiny_csv):
-    ck, out = tmp_path / "ck", tmp_path / "bundle"
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, tiny_csv):
+    """One epoch, no out-of-scope label, torch checkpoint kept (for export and bench)."""
+    root = tmp_path_factory.mktemp("ck")
     p = run_cli("train", "intents", "--data", tiny_csv, "--text-column", "utterance", "--label-column", "intent",
-                "--out", tmp_path / "first", "--epochs", "1", "--keep-checkpoint", ck)
+                "--out", root / "first", "--epochs", "1", "--keep-checkpoint", root / "checkpoint")
     assert p.returncode == 0, p.stderr[-2000:]
+    return root / "checkpoint"
+
+
+def test_export_from_checkpoint_writes_fp16_and_int8(tmp_path, tiny_checkpoint):
+    ck, out = tiny_checkpoint, tmp_path / "bundle"
     p = run_cli("export", "intents", "--checkpoint", ck, "--out", out, "--precisions", "int8,fp16")
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.loads((out / "manifest.json").read_text())["models"]["intent"]
@@ -125,22 +131,22 @@ def test_train_refuses_bad_csv(tmp_path, content, args, needle):
     assert not (tmp_path / "out").exists()
 
 
-def test_eval_refuses_tampered_missing_and_absent_bundles(tiny_bundle, tmp_path, test_csv):
+def test_eval_refuses_tampered_missing_and_absent_bundles(tiny_bundle, tmp_path, heldout_csv):
     bad = copy_bundle(tiny_bundle, tmp_path / "tampered")
     onnx_file = bad / "intent/model.int8.onnx"
     raw = bytearray(onnx_file.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     onnx_file.write_bytes(bytes(raw))
-    _clean_failure(run_cli("eval", "intents", "--model", bad, "--data", test_csv), "model.int8.onnx", "sha256")
+    _clean_failure(run_cli("eval", "intents", "--model", bad, "--data", heldout_csv), "model.int8.onnx", "sha256")
 
     gone = copy_bundle(tiny_bundle, tmp_path / "missing")
     (gone / "intent/tokenizer.json").unlink()
-    _clean_failure(run_cli("eval", "intents", "--model", gone, "--data", test_csv), "tokenizer.json")
+    _clean_failure(run_cli("eval", "intents", "--model", gone, "--data", heldout_csv), "tokenizer.json")
 
-    _clean_failure(run_cli("eval", "intents", "--model", tmp_path / "nowhere", "--data", test_csv), "bundle directory not found")
+    _clean_failure(run_cli("eval", "intents", "--model", tmp_path / "nowhere", "--data", heldout_csv), "bundle directory not found")
 
 
-def test_eval_refuses_unsupported_opset(tiny_bundle, tmp_path, test_csv):
+def test_eval_refuses_unsupported_opset(tiny_bundle, tmp_path, heldout_csv):
     import onnx
 
     from runtime.bundle import write_manifest
@@ -155,4 +161,20 @@ def test_eval_refuses_unsupported_opset(tiny_bundle, tmp_path, test_csv):
     manifest = json.loads((b / "manifest.json").read_text())
     manifest["models"]["intent"]["variants"]["int8"]["opset"] = 99
     write_manifest(b, manifest)  # hashes match again: only the opset is wrong
-    _clean_failure(run_cli("eval", "intents", "--model", b, "--data", test_csv), "opset 99")
+    _clean_failure(run_cli("eval", "intents", "--model", b, "--data", heldout_csv), "opset 99")
+
+
+def test_bench_text_json_contract(tiny_checkpoint, heldout_csv):
+    import shutil
+
+    shutil.copyfile(heldout_csv, tiny_checkpoint.parent / "bitext_heldout.csv")
+    p = run_cli("bench", "text", "--checkpoint", tiny_checkpoint, "--repeats", "20", "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    d = json.loads(p.stdout)
+    for k in ("torch_fp32_ms_p50", "ort_fp32_ms_p50", "ort_int8_ms_p50", "torch_fp32_b32_ms_p50",
+              "ort_fp32_b32_ms_p50", "ort_int8_b32_ms_p50", "speedup_int8_vs_torch"):
+        assert isinstance(d[k], float) and d[k] > 0, k
+    assert set(d["accuracy"]) == {"torch_fp32", "ort_fp32", "ort_int8"}
+    # fp32 ONNX is the same network as torch: same top-1 on every held-out sentence.
+    assert d["accuracy"]["ort_fp32"] == d["accuracy"]["torch_fp32"]
+    assert d["mean_cosine_int8_vs_torch"] >= 0.98 and d["batch1_runs"] == 20

@@ -30,18 +30,26 @@ def test_ece_is_zero_for_perfectly_calibrated_certainty():
     assert expected_calibration_error(probs, np.array([1, 1, 2, 0])) == 0.25
 
 
-def test_oos_threshold_separates_and_respects_the_rejection_floor():
+def test_oos_threshold_is_the_in_scope_rejection_quantile():
     rng = np.random.default_rng(1)
     ins = rng.normal(10, 1, 2000)
     oos = rng.normal(5, 1, 60)
     conf = np.concatenate([ins, oos])
     is_oos = np.r_[np.zeros(2000, bool), np.ones(60, bool)]
     thr, info = fit_oos_threshold(conf, is_oos, max_in_scope_rejection=0.01)
-    # Youden's optimum lies between the two clusters; the 1% in-scope quantile (~7.7) is the floor.
-    assert info["youden_threshold"] < 9 and info["youden_threshold"] > 6
-    assert thr == max(info["youden_threshold"], info["rejection_quantile_threshold"])
-    assert abs(info["rejection_quantile_threshold"] - np.quantile(ins, 0.01)) < 1e-9
-    assert info["oos_recall"] > 0.95 and info["in_scope_rejected"] <= 0.011
+    assert abs(thr - np.quantile(ins, 0.01)) < 1e-9
+    assert info["in_scope_rejected"] <= 0.011 and info["oos_recall"] > 0.95
+    # Youden's optimum is reported (between the clusters) but does not move the threshold.
+    assert 6 < info["youden_threshold_not_used"] < 9
+    thr5, _ = fit_oos_threshold(conf, is_oos, max_in_scope_rejection=0.05)
+    assert thr5 > thr
+
+
+def test_rejection_rate_out_of_range_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError):
+        fit_oos_threshold(np.array([1.0, 2.0]), np.array([False, True]), max_in_scope_rejection=0.7)
 
 
 def test_no_oos_rows_means_no_threshold():

@@ -1,0 +1,162 @@
+"""`make bench`: run every benchmark and rewrite docs/benchmarks.md (raw JSON kept in bench/results/).
+
+    python bench/run.py                 # everything (the intent training runs take ~30 min on 2 cores)
+    python bench/run.py --skip-training # only `storeclerk bench text` (+ bundle load probe)
+
+Benchmarks never fail on timing: each target is reported as met or not met, with the measured median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+CLI = [str(REPO / ".venv" / "bin" / "storeclerk")] if (REPO / ".venv/bin/storeclerk").exists() else [
+    sys.executable, "-m", "runtime.cli"]
+SHARED = Path(os.environ.get("STORECLERK_SHARED_DATA", REPO.parent / "shared" / "data"))
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def cli(*args: str, timeout: int = 3600) -> tuple[dict | None, float, str]:
+    t0 = time.perf_counter()
+    p = subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=REPO, env=ENV, timeout=timeout)
+    took = time.perf_counter() - t0
+    if p.returncode != 0:
+        return None, took, p.stderr[-2000:]
+    try:
+        return json.loads(p.stdout.strip().splitlines()[-1]), took, ""
+    except (json.JSONDecodeError, IndexError):
+        return None, took, p.stdout[-500:]
+
+
+def write_rows(path: Path, rows) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+
+
+def intent_domains(work: Path) -> dict[str, dict]:
+    """Train + evaluate through the two CLI commands only, as a user would."""
+    data = json.loads((SHARED / "clinc150" / "data_full.json").read_text())
+    domains = json.loads((SHARED / "clinc150" / "domains.json").read_text())
+    fin = set(domains["banking"]) | set(domains["credit_cards"])
+    work.mkdir(parents=True, exist_ok=True)
+    write_rows(work / "clinc_train.csv", data["train"] + data["oos_train"])
+    write_rows(work / "clinc_test.csv", data["test"] + data["oos_test"])
+    write_rows(work / "finance_train.csv", [r for r in data["train"] + data["val"] if r[1] in fin])
+    write_rows(work / "finance_test.csv", [r for r in data["test"] if r[1] in fin])
+    out = {}
+    for name, oos in (("clinc150", ["--oos-label", "oos"]), ("finance30", [])):
+        print(f"[bench] train intents: {name} …", flush=True)
+        _, train_s, err = cli("train", "intents", "--data", str(work / f"{name.rstrip('0123456789')}_train.csv"),
+                              "--text-column", "text", "--label-column", "label", "--out", str(work / name), *oos)
+        if err and not (work / name / "manifest.json").exists():
+            out[name] = {"error": err}
+            continue
+        print(f"[bench] eval intents: {name} …", flush=True)
+        res, _, err = cli("eval", "intents", "--model", str(work / name), "--data",
+                          str(work / f"{name.rstrip('0123456789')}_test.csv"), "--text-column", "text",
+                          "--label-column", "label", *oos, "--json")
+        out[name] = {"train_seconds": round(train_s, 1), **(res or {"error": err})}
+    return out
+
+
+def fmt_target(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "**not met**")
+
+
+def render(text: dict | None, domains: dict | None, started: str) -> str:
+    m = (text or {}).get("machine", {})
+    lines = ["# Benchmarks", "",
+             f"Written by `make bench` (`bench/run.py`) on {started} UTC. Machine: {m.get('cpu', '?')}, "
+             f"{m.get('cores', '?')} cores, Python {m.get('python', '?')}, no GPU. Medians; every number below was "
+             "measured in that run. Raw JSON: `bench/results/`.", ""]
+    if text:
+        acc = text["accuracy"]
+        lines += ["## Text understanding (`storeclerk bench text`)", "",
+                  f"Kiosk intent model (MiniLM-L6 fine-tuned, {text['held_out']['n']} held-out Bitext sentences), "
+                  f"{text['threads']} threads for every variant, variants interleaved sentence by sentence "
+                  f"({text['batch1_runs']} batch-1 runs, {text['batch32_runs']} batch-32 runs each).", "",
+                  "| variant | batch 1 p50 (ms) | batch 32 p50 (ms) | top-1 accuracy (held-out) |",
+                  "| --- | ---: | ---: | ---: |"]
+        for n, label in (("torch_fp32", "PyTorch eager fp32"), ("ort_fp32", "ONNX Runtime fp32 (fused graph)"),
+                         ("ort_int8", "ONNX Runtime INT8 (dynamic, per-channel)")):
+            lines.append(f"| {label} | {text[f'{n}_ms_p50']} | {text[f'{n}_b32_ms_p50']} | {acc[n]:.4f} |")
+        load = text.get("kiosk_bundle_load", {})
+        lines += ["", f"INT8 recipe: {text['int8_recipe']}. Mean cosine INT8 vs torch: "
+                  f"{text['mean_cosine_int8_vs_torch']} (min {text['min_cosine_int8_vs_torch']}); top-1 agreement "
+                  f"{text['top1_agreement_int8_vs_torch']}.", "",
+                  "| target | measured | |", "| --- | --- | --- |",
+                  f"| INT8 ≥ 5× faster than torch eager fp32, batch 1 | {text['speedup_int8_vs_torch']}× "
+                  f"(batch 32: {text['speedup_int8_vs_torch_b32']}×) | {fmt_target(text['speedup_int8_vs_torch'] >= 5)} |",
+                  f"| INT8 accuracy within 0.5 points of fp32 | {text['accuracy_drop_int8_points']} points | "
+                  f"{fmt_target(abs(text['accuracy_drop_int8_points']) <= 0.5)} |",
+                  f"| mean cosine ≥ 0.99 | {text['mean_cosine_int8_vs_torch']} | "
+                  f"{fmt_target(text['mean_cosine_int8_vs_torch'] >= 0.99)} |"]
+        if "rss_mb_p50" in load:
+            lines += [f"| process holding the text bundle: RSS ≤ 300 MB | {load['rss_mb_p50']} MB (peak "
+                      f"{load['peak_rss_mb_max']} MB), torch imported: {load['torch_imported']} | "
+                      f"{fmt_target(load['rss_mb_p50'] <= 300)} |",
+                      f"| cold load ≤ 2 s (import + load + first prediction) | {load['cold_load_s_p50']} s | "
+                      f"{fmt_target(load['cold_load_s_p50'] <= 2)} |"]
+    if domains:
+        lines += ["", "## Intent domains through the CLI (`train intents` → `eval intents`)", "",
+                  "Default settings (epochs by data size), seed 0, 2 cores. Training time includes export and parity.", "",
+                  "| domain | train rows | accuracy | macro-F1 | in-scope acc. | OOS recall | OOS precision | p50 ms | training |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for name, d in domains.items():
+            if "error" in d:
+                lines.append(f"| {name} | error: {d['error'][:120]} |")
+                continue
+            def g(k: str, d: dict = d) -> str:
+                return f"{d[k]:.4f}" if k in d else "–"
+            lines.append(f"| {name} | | {g('accuracy')} | {g('macro_f1')} | {g('in_scope_accuracy')} | "
+                         f"{g('oos_recall')} | {g('oos_precision')} | {d['latency_ms_p50']} | {d['train_seconds'] / 60:.1f} min |")
+        c = domains.get("clinc150", {})
+        if "in_scope_accuracy" in c:
+            lines += ["", "| target | measured | |", "| --- | --- | --- |",
+                      f"| CLINC150: in-scope accuracy ≥ 95% | {c['in_scope_accuracy']:.4f} | "
+                      f"{fmt_target(c['in_scope_accuracy'] >= 0.95)} |",
+                      f"| CLINC150: OOS recall ≥ 80% at precision ≥ 80% | {c['oos_recall']:.4f} at {c['oos_precision']:.4f} | "
+                      f"{fmt_target(c['oos_recall'] >= 0.8 and c['oos_precision'] >= 0.8)} |"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skip-training", action="store_true", help="only the text benchmark")
+    args = ap.parse_args()
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    print("[bench] storeclerk bench text …", flush=True)
+    text, _, err = cli("bench", "text", "--json")
+    if text is None:
+        print(f"[bench] bench text failed: {err}", file=sys.stderr)
+    else:
+        (RESULTS / "text.json").write_text(json.dumps(text, indent=2))
+    domains = None
+    if not args.skip_training:
+        if (SHARED / "clinc150").exists():
+            domains = intent_domains(REPO / "build" / "bench")
+            (RESULTS / "intent_domains.json").write_text(json.dumps(domains, indent=2))
+        else:
+            print(f"[bench] {SHARED}/clinc150 not found: skipping the intent-domain runs", file=sys.stderr)
+    elif (RESULTS / "intent_domains.json").exists():
+        domains = json.loads((RESULTS / "intent_domains.json").read_text())
+    (REPO / "docs" / "benchmarks.md").write_text(render(text, domains, started))
+    print("[bench] wrote docs/benchmarks.md", flush=True)
+    return 0 if text is not None else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
