@@ -129,6 +129,7 @@ INT8 parity at export (all held-out texts): {json.dumps({k: manifest['parity']['
 """
     if domains:
         rows = []
+        domains = {k: v for k, v in domains.items() if not k.startswith("_")}
         for name, d in domains.items():
             if "error" in d:
                 rows.append([name, "error", "", "", "", "", ""])

@@ -137,7 +137,10 @@ def export_intent_bundle(ckpt: IntentCheckpoint, out_dir: Path, precisions: Sequ
                         calib["threshold_fit"]["oos_recall"])
         calib["fitted_on_variant"] = deployed
 
-        stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir.parent if out_dir.parent.exists() else None))
+        # Staged beside the target so the final rename is atomic (same filesystem).
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir.parent))
+        stage.chmod(0o755)  # mkdtemp makes it private; a kiosk service user must be able to read the bundle
         try:
             (stage / "intent").mkdir()
             variants = {}
