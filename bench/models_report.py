@@ -60,13 +60,12 @@ def main() -> int:
     summary = []
     for name, path, oos in SETS:
         if not path.exists():
-            summary.append([name, "not available (run `make bundle`)", "", "", "", ""])
+            summary.append([name, "not available (run `make bundle`)", "", "", ""])
             continue
         ex = read_labeled(path)
         r = evaluate(clf, ex, oos)
         rejected = sum(1 for c in r["worst_confusions"] if c["predicted"] == "oos")
-        summary.append([name, r["n"], f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{ece_of(clf, ex):.4f}",
-                        f"{r['latency_ms_p50']}"])
+        summary.append([name, r["n"], f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{ece_of(clf, ex):.4f}"])
         worst = [[c["gold"], c["predicted"], c["count"]] for c in r["worst_confusions"][:8]]
         per = sorted(r["per_class"].items(), key=lambda kv: kv[1]["f1"])
         parts.append(f"### {name}\n\nAccuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}, n = {r['n']}.\n\n"
@@ -100,23 +99,35 @@ cores, no GPU.
 - **Out of scope** is trained *and* calibrated: the `oos` class is trained on CLINC150's `oos_train` +
   `oos_val` and on 15 sentences from each CLINC150 intent a grocery kiosk does not handle (29 CLINC intents
   that overlap the kiosk's own — greetings, yes/no, repeat, order status, nutrition… — are excluded, see
-  `models/kiosk_bundle.py`). At export, on a held-out calibration split and on the INT8 model's own outputs:
-  temperature scaling (T = {oos_cal['temperature']}, ECE {oos_cal['ece_before']} → {oos_cal['ece_after']}) and the
-  rejection threshold on the highest in-scope logit = max(Youden's J optimum {fit.get('youden_threshold', 0):.3f},
-  1% in-scope rejection quantile {fit.get('rejection_quantile_threshold', 0):.3f}) = **{oos_cal['threshold']:.3f}**;
-  on the calibration split that rejects {fit.get('in_scope_rejected', 0):.3f} of in-scope rows and catches
-  {fit.get('oos_recall', 0):.3f} of out-of-scope rows.
-- Why that score and rule (decided on CLINC150's *validation* split; test looked at once afterwards): the
-  highest in-scope logit (scale × cosine to the nearest class vector) separates out-of-scope better than the
-  softmax probability (true-positive rate 0.93 vs 0.82 at 2% in-scope rejected, AUROC 0.988 vs 0.986). Youden's
-  J alone, fitted on ~30 out-of-scope calibration rows, overfits the gap between the two samples; the
-  in-scope side, estimated on thousands of rows, sets how often the kiosk may say "I'm not sure" to a question
-  it could answer (1%). On CLINC150 test, Youden alone gave in-scope 96.2%, OOS recall 74.0%, precision 93.9%;
-  the combined rule is what the CLI uses (numbers below).
+  `models/kiosk_bundle.py`; so are the banking and credit-card domains, whose account intents sit on top
+  of Bitext's). At export, on a held-out calibration split and on the INT8 model's own outputs: temperature
+  scaling (T = {oos_cal['temperature']}, ECE {oos_cal['ece_before']} → {oos_cal['ece_after']}) and the rejection
+  threshold on the highest in-scope logit = the {fit.get('max_in_scope_rejection', 0.01):.0%} quantile of in-scope
+  calibration scores = **{oos_cal['threshold']:.3f}**; on the calibration split that rejects
+  {fit.get('in_scope_rejected', 0):.3f} of in-scope rows and catches {fit.get('oos_recall', 0):.3f} of out-of-scope rows.
+- How the rule was chosen (on CLINC150's *validation* split first; its test split was then looked at to
+  compare rules, so the CLINC test numbers are not a blind estimate): the highest in-scope logit (scale ×
+  cosine to the nearest class vector) separates out-of-scope better than the softmax probability
+  (true-positive rate 0.93 vs 0.82 at 2% in-scope rejected, AUROC 0.988 vs 0.986 on validation). Youden's J
+  fitted on the ~30 out-of-scope calibration rows was unstable between training runs: one CLINC150 run gave
+  in-scope 96.2% / OOS recall 74.0%, another 92.9% / 94.0% on test. The in-scope quantile, estimated on
+  thousands of rows, bounds how often the kiosk says "I'm not sure" to a question it could answer; it is the
+  rule every bundle uses (`--max-in-scope-rejection`, default 0.01). Youden's threshold is still recorded in
+  the manifest for comparison.
+- **Training data for the Bitext intents**: Bitext's own sentences come from templates. Trained on them (plus
+  the kiosk data) alone, the model scored 99.3% on Bitext's held-out split but only 61.0% on fresh paraphrases
+  (`data/eval/bitext_paraphrases.csv`): 25% wrong intent, 20% rejected as out of scope. Two changes brought
+  that to the number below: 675 natural phrasings written for training (`data/intents/bitext_natural.csv`,
+  without looking at the evaluation file), and relabelling the kiosk rows about payment methods, delivery
+  and returns to Bitext's own intents.
 
 ## Results on the default bundle
 
-{table(summary, ["set", "n", "accuracy", "macro-F1", "ECE", "p50 ms (batch 1)"])}
+{table(summary, ["set", "n", "accuracy", "macro-F1", "ECE"])}
+
+Accuracy counts an out-of-scope rejection of an in-scope sentence as an error. Macro-F1 averages over every
+label that occurs as gold *or* prediction (so labels predicted but absent from a set count with F1 0).
+Latency is in [benchmarks.md](benchmarks.md).
 
 Out-of-scope requests a grocery kiosk cannot handle (`data/eval/oos_kiosk.csv`, written for this project):
 rejected {oos_line}. Examples that got through: {'; '.join(repr(m) for m in missed) or 'none'}.
