@@ -93,6 +93,10 @@ def render(text: dict | None, domains: dict | None, started: str) -> str:
                          ("ort_int8", "ONNX Runtime INT8 (dynamic, per-channel)")):
             lines.append(f"| {label} | {text[f'{n}_ms_p50']} | {text[f'{n}_b32_ms_p50']} | {acc[n]:.4f} |")
         load = text.get("kiosk_bundle_load", {})
+        if "speedup_runs" in text:
+            lines += ["", f"Three benchmark processes; the table shows the one with the median speed-up. All three: "
+                      f"speed-up {text['speedup_runs']}, torch p50 {text['torch_ms_p50_runs']} ms, "
+                      f"INT8 p50 {text['int8_ms_p50_runs']} ms."]
         lines += ["", f"INT8 recipe: {text['int8_recipe']}. Mean cosine INT8 vs torch: "
                   f"{text['mean_cosine_int8_vs_torch']} (min {text['min_cosine_int8_vs_torch']}); top-1 agreement "
                   f"{text['top1_agreement_int8_vs_torch']}.", "",
@@ -141,11 +145,22 @@ def main() -> int:
     args = ap.parse_args()
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    print("[bench] storeclerk bench text …", flush=True)
-    text, _, err = cli("bench", "text", "--json")
-    if text is None:
-        print(f"[bench] bench text failed: {err}", file=sys.stderr)
-    else:
+    # Three separate processes: absolute times move with the machine's load from run to run (seen here:
+    # batch-1 INT8 speed-up 5.5× to 6.5×), so the run with the median speed-up is reported, with all three.
+    runs = []
+    for i in range(3):
+        print(f"[bench] storeclerk bench text ({i + 1}/3) …", flush=True)
+        res, _, err = cli("bench", "text", "--json")
+        if res is None:
+            print(f"[bench] bench text failed: {err}", file=sys.stderr)
+            break
+        runs.append(res)
+    text = None
+    if len(runs) == 3:
+        runs.sort(key=lambda r: r["speedup_int8_vs_torch"])
+        text = runs[1] | {"speedup_runs": [r["speedup_int8_vs_torch"] for r in runs],
+                          "int8_ms_p50_runs": [r["ort_int8_ms_p50"] for r in runs],
+                          "torch_ms_p50_runs": [r["torch_fp32_ms_p50"] for r in runs]}
         (RESULTS / "text.json").write_text(json.dumps(text, indent=2))
     domains = None
     if not args.skip_training:
