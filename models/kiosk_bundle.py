@@ -19,6 +19,7 @@ import os
 import random
 from pathlib import Path
 
+from models.augment import with_typos
 from models.data import Example, read_labeled, stratified_split
 
 log = logging.getLogger("storeclerk.kiosk_bundle")
@@ -45,6 +46,7 @@ CLINC_IN_KIOSK_SCOPE = {
 CLINC_NEAR_DOMAINS = {"banking", "credit_cards"}
 
 
+TYPO_FRACTION = 0.25
 PROJECT_FILES = ("kiosk_basics.csv", "kiosk_more.csv", "bitext_natural.csv", "bitext_natural_2.csv")
 
 
@@ -86,7 +88,9 @@ def training_set(shared: Path, seed: int = 0) -> tuple[list[Example], list[Examp
     # paraphrases, docs/models.md).
     own = [e for f in PROJECT_FILES if (REPO / "data" / "intents" / f).exists()
            for e in read_labeled(REPO / "data" / "intents" / f)]
-    rows = train_bitext + own + clinc_oos_rows(shared, seed)
+    # Typing noise on a quarter of the in-scope rows (models/augment.py); out-of-scope rows stay clean so the
+    # noise itself never becomes a cue for "out of scope".
+    rows = with_typos(train_bitext + own, TYPO_FRACTION, seed) + clinc_oos_rows(shared, seed)
     random.Random(seed).shuffle(rows)
     return rows, held_bitext
 
@@ -117,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                  "domains as 'oos' (CC BY 3.0)",
         "held_out": f"Bitext stratified {BITEXT_HOLDOUT:.0%} (seed {args.seed}), never trained or calibrated on",
         "calibration": "stratified 10% of the training rows (30% of 'oos')",
+        "augmentation": f"typing noise (1-2 character edits) on a copy of {TYPO_FRACTION:.0%} of the in-scope rows",
     }}}
     if args.reexport:
         from models.checkpoint import IntentCheckpoint
