@@ -16,8 +16,8 @@ sys.path.insert(0, str(REPO))
 
 from models.data import Example, read_labeled  # noqa: E402
 from models.evaluate import evaluate  # noqa: E402
-from runtime.commands import default_bundle  # noqa: E402
 from runtime.intents import IntentClassifier  # noqa: E402
+from runtime.paths import default_bundle_dir  # noqa: E402
 
 # Measured once (bench/frozen_baseline.py) and quoted here; see docs/benchmarks.md for the machine.
 FROZEN_VS_TUNED = (REPO / "bench" / "results" / "frozen_vs_finetuned.txt").read_text().strip() if (
@@ -54,8 +54,8 @@ def ece_of(clf, examples: list[Example]) -> float:
 
 
 def main() -> int:
-    clf = IntentClassifier.from_bundle(default_bundle())
-    manifest = json.loads((default_bundle() / "manifest.json").read_text())["models"]["intent"]
+    clf = IntentClassifier.from_bundle(default_bundle_dir())
+    manifest = json.loads((default_bundle_dir() / "manifest.json").read_text())["models"]["intent"]
     parts = []
     summary = []
     for name, path, oos in SETS:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.paths import default_bundle_dir
+
 log = logging.getLogger("storeclerk.bench")
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,7 +111,7 @@ def bench_text(checkpoint: str | None = None, repeats: int = 200, threads: int |
     from export.parity import compare
     from models.checkpoint import IntentCheckpoint
     from models.data import read_labeled
-    from runtime.tokenizer import encode_batch, load_tokenizer
+    from runtime.tokenizer import encode_batch, encode_batches, load_tokenizer
 
     ck_path, held_path = ensure_checkpoint(checkpoint)
     ckpt = IntentCheckpoint.load(ck_path)
@@ -127,7 +129,7 @@ def bench_text(checkpoint: str | None = None, repeats: int = 200, threads: int |
         fp32 = steps.onnx_from_torch(model, tmp / "fp32.onnx")
         opt = steps.optimized_from_onnx(fp32, tmp / "fp32.opt.onnx")
         # The same recipe the kiosk bundle ships (recorded in its manifest).
-        kiosk_manifest = REPO / "models" / "bundles" / "kiosk" / "manifest.json"
+        kiosk_manifest = default_bundle_dir() / "manifest.json"
         exclude: list[str] = []
         if kiosk_manifest.exists():
             q = json.loads(kiosk_manifest.read_text())["models"]["intent"]["variants"]["int8"].get("quantization", {})
@@ -158,8 +160,7 @@ def bench_text(checkpoint: str | None = None, repeats: int = 200, threads: int |
 
         # Accuracy and fidelity on the whole held-out split (batched; batch size does not change results).
         outs = {n: [] for n in names}
-        for s in range(0, len(texts), 32):
-            ids, mask = encode_batch(tok, texts[s : s + 32])
+        for ids, mask in encode_batches(tok, texts):
             for n in names:
                 outs[n].append(fns[n](ids, mask))
         cat = {n: (np.concatenate([o[0] for o in outs[n]]), np.concatenate([o[1] for o in outs[n]])) for n in names}
@@ -167,7 +168,7 @@ def bench_text(checkpoint: str | None = None, repeats: int = 200, threads: int |
         fidelity = compare("int8", cat["torch_fp32"][0], cat["torch_fp32"][1], cat["ort_int8"][0], cat["ort_int8"][1], y)
 
         singles = [encode_batch(tok, [t]) for t in texts[: max(1, min(repeats, len(texts)))]]
-        batches = [encode_batch(tok, texts[s : s + 32]) for s in range(0, min(len(texts), 32 * 12), 32)]
+        batches = encode_batches(tok, texts[: 32 * 12])
         lat = _rounds(fns, names, singles, rounds=4)
         lat32 = _rounds(fns, names, batches, rounds=2)
 
@@ -186,7 +187,7 @@ def bench_text(checkpoint: str | None = None, repeats: int = 200, threads: int |
     res["batch1_runs"], res["batch32_runs"] = len(lat["ort_int8"]), len(lat32["ort_int8"])
     res["threads"] = threads
     res["int8_recipe"] = "FFN output projections kept fp32" if exclude else "all MatMul/Attention/Gather"
-    bundle = REPO / "models" / "bundles" / "kiosk"
+    bundle = default_bundle_dir()
     if (bundle / "manifest.json").exists():
         res["kiosk_bundle_load"] = bundle_load_probe(bundle)
     res["machine"] = machine()

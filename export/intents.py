@@ -23,16 +23,12 @@ from models.checkpoint import IntentCheckpoint
 from models.data import Example
 from models.train_intents import embed_and_logits
 from runtime.errors import ExportError
-from runtime.tokenizer import MAX_LENGTH, encode_batch, load_tokenizer
+from runtime.tokenizer import MAX_LENGTH, encode_batches, load_tokenizer
 
 log = logging.getLogger("storeclerk.export")
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CPU_VARIANT = "int8"
-
-
-def _batches(tok, texts: Sequence[str], size: int = 32):
-    return [encode_batch(tok, list(texts[s : s + size])) for s in range(0, len(texts), size)]
 
 
 def _versions() -> dict:
@@ -87,7 +83,7 @@ def export_intent_bundle(ckpt: IntentCheckpoint, out_dir: Path, precisions: Sequ
     texts = [e.text for e in check]
     y = np.array([label_index.get(e.label, -1) for e in check])
     ref_emb, ref_logits = embed_and_logits(ckpt.model, tok, texts, batch_size=32)
-    batches = _batches(tok, texts)
+    batches = encode_batches(tok, texts)
 
     with tempfile.TemporaryDirectory(prefix="storeclerk-export-") as tmpd:
         tmp = Path(tmpd)

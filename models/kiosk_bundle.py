@@ -21,6 +21,7 @@ from pathlib import Path
 
 from models.augment import with_typos
 from models.data import Example, read_labeled, stratified_split
+from runtime.paths import default_bundle_dir
 
 log = logging.getLogger("storeclerk.kiosk_bundle")
 
@@ -98,7 +99,7 @@ def training_set(shared: Path, seed: int = 0) -> tuple[list[Example], list[Examp
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared-data", type=Path, default=DEFAULT_SHARED, help="folder with bitext/ and clinc150/")
-    ap.add_argument("--out", type=Path, default=REPO / "models" / "bundles" / "kiosk")
+    ap.add_argument("--out", type=Path, default=default_bundle_dir())
     ap.add_argument("--work", type=Path, default=REPO / "build" / "kiosk", help="checkpoint + held-out split")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)

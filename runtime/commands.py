@@ -8,16 +8,13 @@ import sys
 from pathlib import Path
 
 from runtime.errors import ConfigError, DataError
+from runtime.paths import default_bundle_dir
 
 log = logging.getLogger("storeclerk")
 
 
-def default_bundle() -> Path:
-    return Path(__file__).resolve().parent.parent / "models" / "bundles" / "kiosk"
-
-
 def _bundle_path(arg: str | None) -> Path:
-    return Path(arg) if arg else default_bundle()
+    return Path(arg) if arg else default_bundle_dir()
 
 
 def _console():

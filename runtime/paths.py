@@ -19,3 +19,8 @@ def data_dir() -> Path:
     if override:
         return Path(override).expanduser().resolve()
     return Path(__file__).resolve().parent.parent / "data"
+
+
+def default_bundle_dir() -> Path:
+    """The kiosk's embedded default bundle, committed with the code (``models/bundles/kiosk``)."""
+    return Path(__file__).resolve().parent.parent / "models" / "bundles" / "kiosk"

@@ -18,6 +18,11 @@ def load_tokenizer(path: Path, max_length: int = MAX_LENGTH):
     return tok
 
 
+def encode_batches(tok, texts: list[str], size: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``texts`` in order, as padded batches of at most ``size``."""
+    return [encode_batch(tok, list(texts[s : s + size])) for s in range(0, len(texts), size)]
+
+
 def encode_batch(tok, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     encs = tok.encode_batch(texts)
     width = max(1, max(len(e.ids) for e in encs))
