@@ -193,10 +193,7 @@ def cmd_chat(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    log.info("the kiosk runtime is not in this build yet: starting the terminal chat")
-    return cmd_chat(args)
-
+from runtime.ops import cmd_install_service, cmd_kb_reload, cmd_kb_validate, cmd_report, cmd_run, cmd_wipe  # noqa: E402,F401
 
 # -- bench / doctor ---------------------------------------------------------------------------------------
 

@@ -295,7 +295,7 @@ def _bundle_and_engine(report: _Report, bundle_path: Path, cuda_available: bool 
                 report.add("engine close", WARN, _error_text(exc))
 
 
-def collect(bundle_path: Path) -> list[Check]:
+def collect(bundle_path: Path, port: int = 8080) -> list[Check]:
     """Run every check and return them in report order."""
     report = _Report()
     bundle_path = Path(bundle_path)
@@ -329,7 +329,60 @@ def collect(bundle_path: Path) -> list[Check]:
 
     report.run("disk (cache)", cache_disk)
     report.run("HF_HUB_OFFLINE", check_offline)
+    report.run("knowledge base", check_kb)
+    report.run("camera", check_camera)
+    report.run("microphone / speaker", check_audio)
+    report.run("port", lambda: check_port(port))
+    report.run("state dir", check_state_dir)
     return report.checks
+
+
+def check_kb() -> tuple[str, str]:
+    from runtime.app import check_dialogue_against_kb
+    from runtime.dialogue import load_dialogue
+    from runtime.kb import KnowledgeBase
+    from runtime.paths import data_dir
+
+    kb = KnowledgeBase.load(data_dir() / "kb")
+    check_dialogue_against_kb(load_dialogue(data_dir() / "dialogue" / "dialogue.yml"), kb)
+    return OK, f"{data_dir() / 'kb'}: {len(kb.products)} products, {len(kb.faqs)} FAQ entries, fingerprint {kb.fingerprint[:12]}"
+
+
+def check_camera() -> tuple[str, str]:
+    cams = sorted(str(p) for p in Path("/dev").glob("video*"))
+    return (OK, ", ".join(cams)) if cams else (WARN, "no /dev/video* device: run with --no-camera (vision arrives later)")
+
+
+def check_audio() -> tuple[str, str]:
+    cards = Path("/proc/asound/cards")
+    text = cards.read_text().strip() if cards.exists() else ""
+    if not text or "no soundcards" in text:
+        return WARN, "no ALSA sound card: run with --no-voice"
+    return OK, text.splitlines()[0].strip()
+
+
+def check_port(port: int) -> tuple[str, str]:
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return WARN, f"127.0.0.1:{port} is in use (a running kiosk, or another service)"
+    return OK, f"127.0.0.1:{port} is free"
+
+
+def check_state_dir() -> tuple[str, str]:
+    from runtime.config import load_config
+
+    d = load_config().state_dir()
+    probe = d if d.exists() else _existing(d)
+    if not os.access(probe, os.W_OK):
+        return FAIL, f"{d} is not writable by this user"
+    db = d / "conversations.sqlite3"
+    size = f", store {db.stat().st_size / 1e6:.1f} MB" if db.exists() else ", no conversations yet"
+    return OK, f"{d}{size}"
 
 
 # --- output ----------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Why rules and gazetteers instead of a tagger: Bitext annotates only 4-8 distinct values per entity type, so a
 learned tagger would memorise those values; the kiosk needs order numbers, names and cities it has never seen.
-World knowledge lives in data files (``data/entities/gazetteer.yml``, ``data/catalog/products.csv``); this
+World knowledge lives in data files (``data/entities/gazetteer.yml``, ``data/kb/catalog.csv``); this
 module holds the context rules (which words make a number an order id, a phone, a price...).
 
 Public API::
@@ -416,7 +416,7 @@ class EntityExtractor:
 
     @classmethod
     def default(cls) -> EntityExtractor:
-        """The extractor over ``data_dir()/entities/gazetteer.yml`` and ``data_dir()/catalog/products.csv``
+        """The extractor over ``data_dir()/entities/gazetteer.yml`` and ``data_dir()/kb/catalog.csv``
         (loaded once per data directory and shared)."""
         return _load_default(str(data_dir()))
 
@@ -1256,4 +1256,4 @@ def _resolve(doc: _Doc) -> list[Entity]:
 @lru_cache(maxsize=4)
 def _load_default(root: str) -> EntityExtractor:
     base = Path(root)
-    return EntityExtractor.from_files(base / "entities" / "gazetteer.yml", base / "catalog" / "products.csv")
+    return EntityExtractor.from_files(base / "entities" / "gazetteer.yml", base / "kb" / "catalog.csv")

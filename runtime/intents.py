@@ -84,6 +84,25 @@ class IntentClassifier:
         out = self.runner.infer({"input_ids": ids, "attention_mask": mask})
         return out["embedding"], out["logits"]
 
+    def embed(self, texts: Sequence[object]) -> np.ndarray:
+        """L2-normalised sentence embeddings (n, dim) from the bundle's encoder, for retrieval. Empty or
+        non-text inputs get a zero row (similar to nothing)."""
+        clean = [clean_text(t) for t in texts]
+        out: np.ndarray | None = None
+        live = [i for i, t in enumerate(clean) if t]
+        live.sort(key=lambda i: len(clean[i]))
+        for s in range(0, len(live), BATCH):
+            rows = live[s : s + BATCH]
+            emb, _ = self.logits([clean[i] for i in rows])
+            if out is None:
+                out = np.zeros((len(clean), emb.shape[1]), dtype=np.float32)
+            norms = np.linalg.norm(emb, axis=1, keepdims=True)
+            out[rows] = emb / np.maximum(norms, 1e-12)
+        if out is None:
+            dim = int(self.runner.output_shape("embedding")[-1]) if hasattr(self.runner, "output_shape") else 384
+            out = np.zeros((len(clean), dim), dtype=np.float32)
+        return out
+
     def predict(self, texts: Sequence[object], with_embedding: bool = False) -> list[IntentPrediction]:
         clean = [clean_text(t) for t in texts]
         results: list[IntentPrediction | None] = [None] * len(clean)

@@ -1,0 +1,99 @@
+"""Typed, immutable events that flow between the kiosk's stages (DESIGN §2, docs/runtime.md).
+
+Events are frozen dataclasses so a stage can never change what another stage already saw; a stage that
+refines an event makes a new one (``dataclasses.replace``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True)
+class TouchText:
+    """Text a customer typed on the touchscreen (or a quick-reply button, or the HTTP API)."""
+
+    session: str
+    text: str
+    turn: int
+    channel: str = "touch"
+    ts: float = field(default_factory=now)
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A button that is not a text turn: "call staff", "done"."""
+
+    session: str
+    action: str  # "staff" | "end"
+    turn: int
+    ts: float = field(default_factory=now)
+
+
+@dataclass(frozen=True)
+class Understanding:
+    session: str
+    turn: int
+    text: str
+    intent: str
+    confidence: float
+    out_of_scope: bool
+    entities: tuple[dict, ...] = ()
+    alternatives: tuple[tuple[str, float], ...] = ()
+    product: str | None = None
+    emotion: str | None = None
+    channel: str = "touch"
+    ts: float = field(default_factory=now)
+    stage_ms: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Action:
+    """What dialogue decided: the reply to show and what else to do (hand off, end the session)."""
+
+    session: str
+    turn: int
+    kind: str  # answer | ask_slot | confirm | clarify | handoff | out_of_scope | end | error
+    reply: str
+    understanding: Understanding | None = None
+    cards: tuple[dict, ...] = ()
+    quick_replies: tuple[dict, ...] = ()
+    handoff: bool = False
+    handoff_reason: str | None = None
+    end_session: bool = False
+    ts: float = field(default_factory=now)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the screen shows (and, with voice, what the speaker says)."""
+
+    session: str
+    turn: int
+    text: str
+    intent: str
+    confidence: float
+    entities: tuple[dict, ...] = ()
+    cards: tuple[dict, ...] = ()
+    quick_replies: tuple[dict, ...] = ()
+    handoff: bool = False
+    end_session: bool = False
+    stage_ms: tuple[tuple[str, float], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "reply": self.text,
+            "intent": self.intent,
+            "confidence": round(float(self.confidence), 4),
+            "entities": list(self.entities),
+            "cards": list(self.cards),
+            "quick_replies": list(self.quick_replies),
+            "handoff": bool(self.handoff),
+            "session": self.session,
+            "turn": self.turn,
+        }

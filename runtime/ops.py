@@ -1,0 +1,118 @@
+"""Operator commands: ``run``, ``kb validate``/``kb reload``, ``report``, ``wipe``, ``install-service``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from runtime.config import load_config, render_defaults
+from runtime.errors import ConfigError
+
+
+def _config(args, **extra):
+    overrides = {k: v for k, v in extra.items() if v is not None}
+    if getattr(args, "state_dir", None):
+        overrides["state_dir"] = args.state_dir
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def cmd_run(args) -> int:
+    if args.print_config:
+        print(render_defaults(), end="")
+        return 0
+    overrides = {"server.host": args.host, "server.port": args.port, "bundle": args.model, "kb_dir": args.kb}
+    if args.no_voice:
+        overrides["voice.enabled"] = False
+    if args.no_camera:
+        overrides["camera.enabled"] = False
+    cfg = _config(args, **overrides)
+    from runtime.app import serve
+
+    return serve(cfg)
+
+
+def cmd_kb_validate(args) -> int:
+    """The KB files (runtime.kb.commands.validate_report) and the dialogue file against them."""
+    from runtime.app import check_dialogue_against_kb
+    from runtime.dialogue import load_dialogue
+    from runtime.kb import KnowledgeBase
+    from runtime.kb.commands import validate_report
+    from runtime.paths import data_dir
+
+    kb_dir = Path(args.kb or data_dir() / "kb")
+    dlg = Path(args.dialogue or data_dir() / "dialogue" / "dialogue.yml")
+    result = validate_report(kb_dir)
+    result["dialogue"] = str(dlg)
+    try:
+        spec = load_dialogue(dlg)
+        if result["ok"]:
+            check_dialogue_against_kb(spec, KnowledgeBase.load(kb_dir))
+    except ConfigError as exc:
+        result["ok"] = False
+        result["errors"].append(exc.message)
+    if args.json:
+        print(json.dumps(result))
+    elif result["errors"]:
+        print(f"knowledge base {kb_dir}: {len(result['errors'])} problem(s); the kiosk would keep its last good KB", file=sys.stderr)
+        for p in result["errors"]:
+            print(f"  {p}", file=sys.stderr)
+    else:
+        for w in result.get("warnings", []):
+            print(f"  warning: {w}")
+        print(f"ok: {kb_dir} ({result['products']} products, {result['faqs']} FAQ entries) and {dlg}")
+    return 0 if result["ok"] else 1
+
+
+def cmd_kb_reload(args) -> int:
+    req = urllib.request.Request(f"http://127.0.0.1:{args.port}/admin/kb_reload", b"", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            body = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read() or b"{}")
+    except OSError as exc:
+        raise ConfigError(f"no kiosk answering on 127.0.0.1:{args.port} ({exc}); is it running?") from None
+    if body.get("reloaded"):
+        print(f"reloaded: {body.get('products')} products, {body.get('faqs')} FAQ entries")
+        return 0
+    print(f"not reloaded; the kiosk keeps its last good knowledge base: {body.get('error') or body}", file=sys.stderr)
+    return 1
+
+
+def cmd_report(args) -> int:
+    from runtime.report import run_report
+
+    cfg = _config(args)
+    return run_report(cfg.state_dir() / "conversations.sqlite3", Path(args.out), args.days)
+
+
+def cmd_wipe(args) -> int:
+    from runtime.store import run_wipe
+
+    cfg = _config(args)
+    db = cfg.state_dir() / "conversations.sqlite3"
+    if not db.exists():
+        print(f"nothing to wipe: {db} does not exist")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("refusing to wipe without confirmation: pass --yes")
+        if input(f"Delete every stored conversation in {db}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    return run_wipe(db, force=args.force)
+
+
+def cmd_install_service(args) -> int:
+    from device.systemd import install_service
+
+    workdir = Path(__file__).resolve().parent.parent
+    cfg = Path(args.config).resolve() if args.config else None
+    try:
+        install_service(sys.executable, workdir, cfg, args.user, unit_dir=Path(args.unit_dir), dry_run=args.dry_run)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot install the service: {exc} (run as root, or use --dry-run / --unit-dir)") from None
+    return 0
