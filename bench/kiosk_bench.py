@@ -89,7 +89,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_load(clients: int, requests: int) -> dict:
+def http_load(clients: int, requests: int, think_s: float = 0.0) -> dict:
+    """``clients`` keep-alive clients, each sending ``requests`` turns; ``think_s`` is the pause between a reply
+    and the client's next turn (0: closed loop, i.e. the kiosk's saturation throughput)."""
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -125,6 +127,8 @@ def http_load(clients: int, requests: int) -> dict:
                     r = conn.getresponse()
                     data = r.read()
                     mine.append((time.perf_counter() - t) * 1000)
+                    if think_s:
+                        time.sleep(think_s * (0.5 + (i * 7919 + k * 104729) % 1000 / 1000))  # 0.5–1.5× think_s
                     if r.status != 200:
                         with lock:
                             errors.append(f"{r.status}: {data[:100]!r}")
@@ -146,7 +150,7 @@ def http_load(clients: int, requests: int) -> dict:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 rc = "killed"
-    return {"clients": clients, "requests": len(lat), "errors": len(errors), "error_samples": errors[:3],
+    return {"clients": clients, "think_s": think_s, "requests": len(lat), "errors": len(errors), "error_samples": errors[:3],
             "rtt_ms_p50": pct(lat, 0.5), "rtt_ms_p90": pct(lat, 0.9), "rtt_ms_p99": pct(lat, 0.99),
             "throughput_rps": round(len(lat) / wall, 1), "ready_s": round(ready_s, 2),
             "kiosk_rss_mb_idle": idle_mem["rss_mb"], "kiosk_rss_mb_after_load": loaded_mem["rss_mb"],
@@ -158,6 +162,7 @@ def main() -> int:
     ap.add_argument("--turns", type=int, default=400)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--requests", type=int, default=30, help="requests per client")
+    ap.add_argument("--think", type=float, default=0.5, help="seconds a client pauses between turns (mean)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -172,7 +177,9 @@ def main() -> int:
         return 1
     res = {"in_process": json.loads(out.stdout.strip().splitlines()[-1])}
     print(f"[bench] kiosk: HTTP, {args.clients} concurrent clients …", file=sys.stderr, flush=True)
-    res["http"] = http_load(args.clients, args.requests)
+    res["http"] = http_load(args.clients, args.requests, args.think)
+    print(f"[bench] kiosk: HTTP, {args.clients} clients, closed loop (saturation) …", file=sys.stderr, flush=True)
+    res["http_saturation"] = http_load(args.clients, args.requests, 0.0)
     res["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                       "python": platform.python_version()}
     RESULTS.mkdir(parents=True, exist_ok=True)

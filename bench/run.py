@@ -86,26 +86,33 @@ def script(name: str, *args: str, timeout: int = 3600) -> tuple[dict | None, str
 def render_runtime(rt: dict | None, kb: dict | None) -> list[str]:
     lines: list[str] = []
     if rt:
-        ip, h = rt["in_process"], rt["http"]
+        ip, h, sat = rt["in_process"], rt["http"], rt.get("http_saturation")
         lines += ["", "## Kiosk runtime (`bench/kiosk_bench.py`)", "",
                   f"Default bundle, demo store KB and orders, a real conversation store (SQLite WAL, `synchronous=FULL`: "
                   f"each exchange is one fsync before the reply is released). In process: {ip['turns']} turns one after "
                   f"another through `Kiosk.turn` (understanding, dialogue, KB and order look-ups, the store commit). HTTP: "
-                  f"{h['clients']} concurrent keep-alive clients, {h['requests']} `POST /api/turn` in all, against "
-                  "`storeclerk run` in its own process.", "",
+                  f"{h['clients']} concurrent keep-alive clients against `storeclerk run` in its own process, each pausing "
+                  f"about {h.get('think_s', 0)} s between turns (0.5–1.5×, like people typing; {h['requests']} turns in all), "
+                  "and the same clients with no pause at all (closed loop: the kiosk's saturation throughput). The load "
+                  "generator runs on the same 2 cores.", "",
                   "| measure | p50 | p90 | p99 |", "| --- | ---: | ---: | ---: |",
                   f"| text turn in process (ms) | {ip['turn_ms_p50']} | {ip['turn_ms_p90']} | {ip['turn_ms_p99']} |",
                   f"| `POST /api/turn` round trip, {h['clients']} clients (ms) | {h['rtt_ms_p50']} | {h['rtt_ms_p90']} "
                   f"| {h['rtt_ms_p99']} |",
+                  *([f"| `POST /api/turn`, {sat['clients']} clients, closed loop (ms) | {sat['rtt_ms_p50']} | {sat['rtt_ms_p90']} "
+                     f"| {sat['rtt_ms_p99']} |"] if sat else []),
                   "", "Per stage, in process (recent window, ms): " + "; ".join(
                       f"{k.split('=')[-1]} p50 {v['p50']} / p99 {v['p99']}" for k, v in sorted(ip.get("stage_ms", {}).items())) + ".",
-                  f"Throughput under load: {h['throughput_rps']} requests/s; errors: {h['errors']}. Kiosk ready (HTTP) "
+                  f"Saturation throughput (closed loop): {sat['throughput_rps'] if sat else '–'} requests/s; errors: "
+                  f"{h['errors'] + (sat['errors'] if sat else 0)}. Kiosk ready (HTTP) "
                   f"{h['ready_s']} s after start; exit status on SIGTERM: {h['sigterm_exit']}.", "",
                   "| target | measured | |", "| --- | --- | --- |",
                   f"| text turn in process p50 ≤ 15 ms | {ip['turn_ms_p50']} ms | {fmt_target(ip['turn_ms_p50'] <= 15)} |",
                   f"| text turn in process p99 ≤ 40 ms | {ip['turn_ms_p99']} ms | {fmt_target(ip['turn_ms_p99'] <= 40)} |",
-                  f"| `POST /api/turn` p50 ≤ 30 ms with 20 concurrent clients | {h['rtt_ms_p50']} ms | "
-                  f"{fmt_target(h['rtt_ms_p50'] <= 30 and h['clients'] >= 20)} |",
+                  f"| `POST /api/turn` p50 ≤ 30 ms with 20 concurrent clients (each pausing ~{h.get('think_s', 0)} s) | "
+                  f"{h['rtt_ms_p50']} ms | {fmt_target(h['rtt_ms_p50'] <= 30 and h['clients'] >= 20)} |",
+                  *([f"| same, closed loop (no pause: saturation) | {sat['rtt_ms_p50']} ms | "
+                     f"{fmt_target(sat['rtt_ms_p50'] <= 30)} |"] if sat else []),
                   f"| kiosk RSS with the text bundle and KB ≤ 600 MB | {h['kiosk_rss_mb_after_load']} MB after the load test "
                   f"(idle {h['kiosk_rss_mb_idle']} MB, peak {h['kiosk_peak_rss_mb']} MB) | {fmt_target(h['kiosk_peak_rss_mb'] <= 600)} |"]
     if kb:

@@ -271,43 +271,60 @@ class Kiosk:
 
     async def _respond_stage(self) -> None:
         while True:
-            act: Action = await self._q_respond.get()
+            acts: list[Action] = [await self._q_respond.get()]
+            while len(acts) < BATCH and not self._q_respond.empty():
+                acts.append(self._q_respond.get_nowait())
             t0 = time.perf_counter()
-            u = act.understanding
             try:
-                reply = Reply(act.session, act.turn, act.reply, u.intent if u else "", u.confidence if u else 0.0,
-                              u.entities if u else (), act.cards, act.quick_replies, act.handoff, act.end_session,
-                              u.stage_ms if u else ())
-                latency_ms = (time.time() - u.ts) * 1000 if u else None
-                await self._record(act, reply, latency_ms)
-                self._count(act)
-                fut = self._futures.get((act.session, act.turn))
-                if fut is not None and not fut.done():
-                    fut.set_result(reply)
-                if act.handoff:
-                    self.add_task(self._notify(act), name="notify")
-                if act.end_session:
-                    self.add_task(self.end_session(act.session, "goodbye"), name="end")
-                self._done("respond", time.perf_counter() - t0)
+                replies = [self._reply(a) for a in acts]
+                await self._record(acts, replies)  # one transaction for every waiting exchange (group commit)
+                for act, reply in zip(acts, replies, strict=True):
+                    self._release(act, reply)
+                self._done("respond", (time.perf_counter() - t0) / len(acts))
             except Exception as exc:
                 self._fail("respond", exc)
-                fut = self._futures.get((act.session, act.turn))
-                if fut is not None and not fut.done():
-                    fut.set_result(Reply(act.session, act.turn, "Sorry, something went wrong on my side.", "error", 0.0))
+                for act in acts:
+                    fut = self._futures.get((act.session, act.turn))
+                    if fut is not None and not fut.done():
+                        fut.set_result(Reply(act.session, act.turn, "Sorry, something went wrong on my side.", "error", 0.0))
 
-    async def _record(self, act: Action, reply: Reply, latency_ms: float | None) -> None:
-        """Customer turn + reply, committed before the reply is released. A store failure degrades the kiosk
-        (logged, on /healthz) but the customer still gets an answer."""
+    @staticmethod
+    def _reply(act: Action) -> Reply:
         u = act.understanding
-        if self.store is None or u is None:
+        return Reply(act.session, act.turn, act.reply, u.intent if u else "", u.confidence if u else 0.0,
+                     u.entities if u else (), act.cards, act.quick_replies, act.handoff, act.end_session,
+                     u.stage_ms if u else ())
+
+    def _release(self, act: Action, reply: Reply) -> None:
+        self._count(act)
+        fut = self._futures.get((act.session, act.turn))
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
+        if act.handoff:
+            self.add_task(self._notify(act), name="notify")
+        if act.end_session:
+            self.add_task(self.end_session(act.session, "goodbye"), name="end")
+
+    async def _record(self, acts: list[Action], replies: list[Reply]) -> None:
+        """Each customer turn with its reply, committed before any reply is released. A store failure degrades
+        the kiosk (logged, on /healthz) but the customer still gets an answer."""
+        if self.store is None:
             return
-        stage_ms = {k: round(v, 3) for k, v in u.stage_ms}
-        # Both rows in one transaction: one fsync per exchange instead of two.
-        await self._store_call("add_turns", act.session, [
-            {"role": "customer", "text": u.text or f"[{u.channel}]", "intent": u.intent, "confidence": float(u.confidence),
-             "out_of_scope": bool(u.out_of_scope), "handoff": act.handoff, "latency_ms": latency_ms, "stage_ms": stage_ms},
-            {"role": "kiosk", "text": reply.text, "intent": u.intent, "handoff": act.handoff},
-        ])
+        now = time.time()
+        batch = []
+        for act, reply in zip(acts, replies, strict=True):
+            u = act.understanding
+            if u is None:
+                continue
+            stage_ms = {k: round(v, 3) for k, v in u.stage_ms}
+            batch.append((act.session, [
+                {"role": "customer", "text": u.text or f"[{u.channel}]", "intent": u.intent, "confidence": float(u.confidence),
+                 "out_of_scope": bool(u.out_of_scope), "handoff": act.handoff, "latency_ms": (now - u.ts) * 1000,
+                 "stage_ms": stage_ms},
+                {"role": "kiosk", "text": reply.text, "intent": u.intent, "handoff": act.handoff},
+            ]))
+        if batch:
+            await self._store_call("add_exchanges", batch)
 
     async def _store_call(self, method: str, *args, **kw) -> Any:
         if self.store is None:

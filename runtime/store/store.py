@@ -400,10 +400,7 @@ class ConversationStore:
                                                 out_of_scope=out_of_scope, handoff=handoff, latency_ms=latency_ms,
                                                 stage_ms=stage_ms, ts=ts)])[0]
 
-    def add_turns(self, session_id: str, turns: Sequence[Mapping[str, Any]]) -> list[int]:
-        """Append several turns of one session in one transaction (one fsync): a customer turn and the reply
-        to it cost one disk flush instead of two. Each mapping takes ``add_turn``'s arguments (``role`` and
-        ``text`` required). All or none are written; returns their ids in order."""
+    def _turn_rows(self, session_id: str, turns: Sequence[Mapping[str, Any]]) -> tuple[str, list[tuple]]:
         sid = _session_id(session_id)
         rows = []
         for t in turns:
@@ -416,19 +413,38 @@ class ConversationStore:
             rows.append((sid, self._now(t.get("ts")), role, self._safe_text(t.get("text")), _opt_label(t.get("intent")),
                          _opt_float(t.get("confidence")), int(bool(t.get("out_of_scope"))), int(bool(t.get("handoff"))),
                          _opt_float(t.get("latency_ms")), _stage_json(t.get("stage_ms"))))
+        return sid, rows
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, sid: str, rows: list[tuple]) -> list[int]:
+        db.execute("INSERT OR IGNORE INTO sessions (id, started_at) VALUES (?, ?)", (sid, rows[0][1]))
+        ids = []
+        for row in rows:
+            cur = db.execute(
+                "INSERT INTO turns (session_id, ts, role, text, intent, confidence, out_of_scope, handoff,"
+                " latency_ms, stage_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            ids.append(int(cur.lastrowid))
+        return ids
+
+    def add_turns(self, session_id: str, turns: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Append several turns of one session in one transaction (one fsync): a customer turn and the reply
+        to it cost one disk flush instead of two. Each mapping takes ``add_turn``'s arguments (``role`` and
+        ``text`` required). All or none are written; returns their ids in order."""
+        sid, rows = self._turn_rows(session_id, turns)
         if not rows:
             return []
         with self._write() as db:
-            db.execute("INSERT OR IGNORE INTO sessions (id, started_at) VALUES (?, ?)", (sid, rows[0][1]))
-            ids = []
-            for row in rows:
-                cur = db.execute(
-                    "INSERT INTO turns (session_id, ts, role, text, intent, confidence, out_of_scope, handoff,"
-                    " latency_ms, stage_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                )
-                ids.append(int(cur.lastrowid))
-            return ids
+            return self._insert(db, sid, rows)
+
+    def add_exchanges(self, batch: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> list[list[int]]:
+        """Group commit: the turns of several sessions (``[(session_id, turns), ...]``) in ONE transaction and one
+        fsync. Under many concurrent customers the disk flush, not the SQL, bounds throughput; the kiosk's
+        respond stage commits whatever exchanges are waiting together. All or none are written."""
+        prepared = [self._turn_rows(sid, turns) for sid, turns in batch]
+        with self._write() as db:
+            return [self._insert(db, sid, rows) if rows else [] for sid, rows in prepared]
 
     def end_session(self, session_id: str, reason: str, *, ts: float | None = None) -> None:
         """Mark a session ended (``reason``: ``idle`` | ``goodbye`` | ``done`` | ...). Ending twice keeps the

@@ -52,6 +52,9 @@ class MemStore:
     def end_session(self, sid, reason):
         self.sessions[sid] = reason
 
+    def add_exchanges(self, batch):
+        return [self.add_turns(sid, turns) for sid, turns in batch]
+
     def add_turns(self, sid, turns):
         for t in turns:
             t = dict(t)
