@@ -1,11 +1,13 @@
 """Knowledge-base retrieval benchmark: recall@1, recall@3 and MRR of BM25 alone, the encoder alone and the
 hybrid, on hand-written customer questions with a gold KB entry each; plus search latency.
 
-    python bench/kb_retrieval.py [--split dev|test|both] [--json] [--misses] [--grid]
+    python bench/kb_retrieval.py [--split dev|test|both] [--encoder intent|retrieval] [--json] [--misses] [--grid]
 
 Questions: ``data/eval/kb_questions_dev.csv`` (tuning) and ``data/eval/kb_questions_test.csv`` (held out:
 written before the retriever existed and run once at the end). ``--grid`` sweeps the retrieval knobs, on
-the dev split only. The encoder is the default kiosk bundle's (``runtime.intents.IntentClassifier.embed``).
+the dev split only. The encoder is one of the default kiosk bundle's models: ``--encoder retrieval`` (the
+un-fine-tuned all-MiniLM-L6-v2, ``runtime.embedder.SentenceEmbedder``; the default when the bundle has it) or
+``--encoder intent`` (the intent model's fine-tuned encoder, ``runtime.intents.IntentClassifier.embed``).
 Latency is ``HybridRetriever.search`` with the query's embedding precomputed (what the KB adds to a turn);
 the embedding's own time is reported beside it. Results: ``bench/results/kb_retrieval.json``.
 """
@@ -117,23 +119,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--misses", action="store_true", help="list the questions whose gold entry is not ranked first")
     ap.add_argument("--grid", action="store_true", help="sweep the retrieval knobs (dev split only)")
     ap.add_argument("--kb", default=str(REPO / "data" / "kb"))
+    ap.add_argument("--encoder", choices=["intent", "retrieval"], default=None,
+                    help="which bundle model embeds (default: retrieval when the bundle has it, else intent)")
     args = ap.parse_args(argv)
     if args.grid and args.split != "dev":
         ap.error("--grid tunes on the dev split only; the test split is held out")
 
+    from runtime.embedder import retrieval_embedder
+    from runtime.engine import Engine
     from runtime.intents import IntentClassifier
     from runtime.paths import default_bundle_dir
 
     t0 = time.perf_counter()
     kb = KnowledgeBase.load(args.kb)
     t_kb = time.perf_counter() - t0
-    classifier = IntentClassifier.from_bundle(default_bundle_dir())
+    engine = Engine(default_bundle_dir())
+    encoder = args.encoder or ("retrieval" if "retrieval" in engine.bundle.models else "intent")
+    classifier = retrieval_embedder(engine) if encoder == "retrieval" else IntentClassifier(engine)
+    if classifier is None:
+        ap.error(f"the bundle {engine.bundle.root} has no 'retrieval' model (export it: python -m export.retrieval)")
     t0 = time.perf_counter()
     retriever = HybridRetriever(kb, classifier.embed)
     t_index = time.perf_counter() - t0
     n_vectors = int(retriever._vectors.shape[0]) if retriever._vectors is not None else 0
 
-    out: dict = {"kb": {"products": len(kb.products), "faqs": len(kb.faqs), "load_s": round(t_kb, 3),
+    out: dict = {"encoder": encoder, "kb": {"products": len(kb.products), "faqs": len(kb.faqs), "load_s": round(t_kb, 3),
                         "index_s": round(t_index, 3), "vectors": n_vectors},
                  "config": {k: v for k, v in vars(retriever.config).items()},
                  "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
@@ -171,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(out, ensure_ascii=False))
         return 0
+    print(f"encoder: {encoder} model of {engine.bundle.root}")
     print(f"KB: {len(kb.products)} products, {len(kb.faqs)} FAQ entries; load {t_kb * 1000:.0f} ms, "
           f"index {t_index * 1000:.0f} ms ({n_vectors} vectors)")
     for split, res in out["splits"].items():

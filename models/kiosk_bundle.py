@@ -134,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         ckpt.save(args.work / "checkpoint")
     precisions = [p for p in args.precisions.split(",") if p]
     export_intent_bundle(ckpt, args.out, precisions=precisions, name="kiosk-default", heldout=held)
+    # The KB's retrieval encoder (un-fine-tuned MiniLM) rides in the same bundle; re-add it after the rewrite.
+    from export.retrieval import export_retrieval_model
+
+    export_retrieval_model(args.out)
     log.info("wrote %s", args.out)
     return 0
 

@@ -103,7 +103,13 @@ def build(config: KioskConfig) -> KioskParts:
     check_dialogue_against_kb(spec, kb)
     extractor = _extractor_for(kb_dir)
     kiosk_ref: list = []
-    embed = _embed_fn(classifier, kiosk_ref)
+    # KB retrieval and recommendations use the bundle's retrieval encoder (un-fine-tuned MiniLM, trained for
+    # sentence similarity) when it has one; fine-tuning for intents made the intent encoder worse at search
+    # (docs/knowledge-base.md). Older bundles fall back to the intent encoder, reusing each turn's vector.
+    from runtime.embedder import retrieval_embedder
+
+    retr = retrieval_embedder(classifier.engine)
+    embed = retr.embed if retr is not None else _embed_fn(classifier, kiosk_ref)
     retriever = Retrieval(HybridRetriever(kb, embed))
     orders = SqliteOrderSource(state_dir / "orders.sqlite3")
     demo = kb_dir / "orders.csv"
