@@ -21,10 +21,11 @@ import re
 import shlex
 import socket
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
+
+from device.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -240,16 +241,7 @@ def install_service(python: str | Path, workdir: str | Path, config: str | Path 
         if not Path(python).exists():
             raise ValueError(f"python {python} does not exist")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{UNIT_NAME}.", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(text)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write_text(path, text)
         except PermissionError as exc:
             raise PermissionError(f"cannot write {path}: {exc.strerror}. Run install-service as root (sudo), "
                                   "or pass --unit-dir to write the unit elsewhere.") from exc

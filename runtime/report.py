@@ -18,8 +18,6 @@ from __future__ import annotations
 import html
 import importlib.metadata
 import math
-import os
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -27,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 
+from device.fsutil import atomic_write_text
 from runtime.store import ConversationStore
 
 TOP_INTENTS = 12
@@ -500,18 +499,7 @@ def build_report(db_path: str | Path, out_path: str | Path, since: When = None, 
     with ConversationStore(db_path, readonly=True) as store:
         data = collect(store, since, until, tz=tz)
     doc = render_html(data, title=title, source=str(Path(db_path)))
-    out = Path(out_path).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(doc)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return atomic_write_text(Path(out_path).expanduser().resolve(), doc)
 
 
 def run_report(db_path: str | Path, out: str | Path, days: float = 7) -> int:

@@ -434,26 +434,29 @@ class DialogueManager:
         norm = src.normalize_id(order_id) if hasattr(src, "normalize_id") else order_id
         return src.get(norm) if norm else None
 
-    def _a_order_status(self, u, st, rule, **slots):
+    def _order_or_ask(self, u, st, rule, slots) -> tuple[Any, Action | None]:
+        """The order the turn names, or the action that asks for (or re-asks) its number."""
         oid = self._order_id(u, slots)
         if not oid:
-            return self._ask_order(u, st, rule.intent)
+            return None, self._ask_order(u, st, rule.intent)
         order = self._lookup(oid)
         if order is None:
             st.pending = {"kind": "slot", "slot": "order_id", "intent": rule.intent, "retries": 1}
-            return self._act(u, "ask_slot", self.spec.text("order_not_found", order_id=oid), quick=(staff_button(),))
+            return None, self._act(u, "ask_slot", self.spec.text("order_not_found", order_id=oid), quick=(staff_button(),))
+        return order, None
+
+    def _a_order_status(self, u, st, rule, **slots):
+        order, ask = self._order_or_ask(u, st, rule, slots)
+        if ask is not None:
+            return ask
         status = _attr(order, "status", "")
         return self._act(u, "answer", self.spec.text("order_status", order_id=_attr(order, "order_id"),
                                                      status_text=STATUS_TEXT.get(status, status)), cards=(order.as_card(),))
 
     def _a_cancel_order(self, u, st, rule, **slots):
-        oid = self._order_id(u, slots)
-        if not oid:
-            return self._ask_order(u, st, rule.intent)
-        order = self._lookup(oid)
-        if order is None:
-            st.pending = {"kind": "slot", "slot": "order_id", "intent": rule.intent, "retries": 1}
-            return self._act(u, "ask_slot", self.spec.text("order_not_found", order_id=oid), quick=(staff_button(),))
+        order, ask = self._order_or_ask(u, st, rule, slots)
+        if ask is not None:
+            return ask
         oid = _attr(order, "order_id")
         if not _attr(order, "cancellable", False):
             status = _attr(order, "status", "")
