@@ -114,7 +114,8 @@ def grid(base: HybridRetriever, qs, vecs) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--split", choices=["dev", "test", "both"], default="dev")
+    ap.add_argument("--split", choices=["dev", "dev2", "test", "both", "all"], default="dev",
+                    help="dev and dev2 are for tuning (dev2: harder, indirect phrasings); test is held out; both = dev + test")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--misses", action="store_true", help="list the questions whose gold entry is not ranked first")
     ap.add_argument("--grid", action="store_true", help="sweep the retrieval knobs (dev split only)")
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder", choices=["intent", "retrieval"], default=None,
                     help="which bundle model embeds (default: retrieval when the bundle has it, else intent)")
     args = ap.parse_args(argv)
-    if args.grid and args.split != "dev":
+    if args.grid and args.split not in ("dev", "dev2"):
         ap.error("--grid tunes on the dev split only; the test split is held out")
 
     from runtime.embedder import retrieval_embedder
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                  "config": {k: v for k, v in vars(retriever.config).items()},
                  "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
                  "splits": {}}
-    splits = ["dev", "test"] if args.split == "both" else [args.split]
+    splits = {"both": ["dev", "test"], "all": ["dev", "dev2", "test"]}.get(args.split, [args.split])
     for split in splits:
         qs = read_questions(split)
         vecs = [retriever.query_vector(q) for q, _ in qs]
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             m = score(retriever, sub, sv, "hybrid")
             res[f"hybrid_{kind}"] = {k: m[k] for k in ("n", "recall@1", "recall@3", "mrr")}
         res["latency"] = latency(retriever, classifier, qs, vecs)
-        if args.grid and split == "dev":
+        if args.grid and split in ("dev", "dev2"):
             res["grid"] = grid(retriever, qs, vecs)
         out["splits"][split] = res
 

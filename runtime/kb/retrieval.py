@@ -65,7 +65,9 @@ class RetrievalConfig:
 
     fusion: str = "score"  # "score" (min-max normalised scores, weighted) | "rrf" (reciprocal-rank fusion)
     rrf_k: float = 10.0
-    alpha: float = 0.5  # score fusion: weight of the lexical side (1 - alpha: the encoder)
+    # Re-tuned for the bundle's retrieval encoder on dev + dev2 (was 0.5 / "max" with the intent encoder):
+    # the similarity-trained encoder deserves more weight, and its mean vector per entry is the better summary.
+    alpha: float = 0.3  # score fusion: weight of the lexical side (1 - alpha: the encoder)
     w_bm25: float = 1.0  # rrf weights per channel
     w_char: float = 0.5
     w_embed: float = 1.0
@@ -74,7 +76,7 @@ class RetrievalConfig:
     b: float = 0.75
     title_weight: int = 2
     char_n: int = 3  # 0: no character n-gram channel
-    embed_pool: str = "max"  # "max" over an entry's vectors | "mean" (one vector per entry, the mean)
+    embed_pool: str = "mean"  # "max" over an entry's vectors | "mean" (one vector per entry, the mean)
     fields: tuple[str, ...] = ("title", "questions", "answer", "tags", "aliases", "description")
 
 
