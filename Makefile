@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the project needs (installed when root; otherwise printed with the command to run).
-APT_PACKAGES := chromium chromium-driver
+APT_PACKAGES := chromium chromium-driver portaudio19-dev espeak-ng
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
