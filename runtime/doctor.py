@@ -354,11 +354,13 @@ def check_camera() -> tuple[str, str]:
 
 
 def check_audio() -> tuple[str, str]:
-    cards = Path("/proc/asound/cards")
-    text = cards.read_text().strip() if cards.exists() else ""
-    if not text or "no soundcards" in text:
-        return WARN, "no ALSA sound card: run with --no-voice"
-    return OK, text.splitlines()[0].strip()
+    from device.audio import list_devices
+
+    devices = list_devices()
+    if not devices:
+        return WARN, "PortAudio sees no microphone or speaker: run with --no-voice (tests use WAV-backed devices)"
+    return OK, "; ".join(f"[{d['index']}] {d['name']} (in {d['inputs']}, out {d['outputs']}, {int(d['default_rate'])} Hz)"
+                         for d in devices)
 
 
 def check_port(port: int) -> tuple[str, str]:
