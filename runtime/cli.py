@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--force", action="store_true", help="also delete a damaged store's files (never a non-storeclerk file)")
 
+    p = sub.add_parser("voice-test", help="a WAV through VAD → Whisper → understanding → dialogue → Piper, with latencies")
+    p.add_argument("--wav", required=True, help="a recording of one customer question (any rate, mono or stereo)")
+    p.add_argument("--out", default=None, help="write the spoken reply here (WAV)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
     p = sub.add_parser("install-service", help="install the systemd unit (Type=notify, watchdog)")
     p.add_argument("--config", default=None, help="config file the service will use")
     p.add_argument("--user", default="storeclerk")

@@ -193,7 +193,15 @@ def cmd_chat(args) -> int:
     return 0
 
 
-from runtime.ops import cmd_install_service, cmd_kb_reload, cmd_kb_validate, cmd_report, cmd_run, cmd_wipe  # noqa: E402,F401
+from runtime.ops import (  # noqa: E402,F401
+    cmd_install_service,
+    cmd_kb_reload,
+    cmd_kb_validate,
+    cmd_report,
+    cmd_run,
+    cmd_voice_test,
+    cmd_wipe,
+)
 
 # -- bench / doctor ---------------------------------------------------------------------------------------
 

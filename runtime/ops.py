@@ -106,6 +106,22 @@ def cmd_wipe(args) -> int:
     return run_wipe(db, force=args.force)
 
 
+def cmd_voice_test(args) -> int:
+    from runtime.voice.pipeline import voice_test
+
+    res = voice_test(args.wav, args.out)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"heard: {res['transcript']!r} → {res['intent']} ({res['confidence']:.2f})")
+        print(f"reply: {res['reply']}")
+        print(f"from the end of speech: endpoint {res['end_of_speech']} ms, transcript {res['asr_final']} ms, "
+              f"understood {res['understanding']} ms, first audio {res['first_audio']} ms")
+        if res.get("out"):
+            print(f"spoken reply written to {res['out']}")
+    return 0
+
+
 def cmd_install_service(args) -> int:
     from device.systemd import install_service
 

@@ -68,3 +68,35 @@ def test_install_service_writes_unit(tmp_path):
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "User=kiosk" in unit
     r = run_cli("install-service", "--unit-dir", "/proc/nope", timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_voice_test_json_and_bad_audio(tmp_path):
+    import json
+    import shutil as sh
+
+    import pytest
+
+    if sh.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    import subprocess
+
+    wav = tmp_path / "q.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "how much are the bananas"], check=True)
+    r = run_cli("voice-test", "--wav", wav, "--json", "--out", tmp_path / "reply.wav", timeout=300)
+    assert r.returncode == 0, r.stderr[-1000:]
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "banana" in d["transcript"].lower() and d["reply"]
+    assert 0 < d["end_of_speech"] <= d["asr_final"] <= d["understanding"] <= d["first_audio"]
+    assert (tmp_path / "reply.wav").stat().st_size > 10_000
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x00\x00garbage")
+    r = run_cli("voice-test", "--wav", bad, "--json", timeout=120)
+    assert r.returncode == 2 and "bad_audio" in r.stderr and "Traceback" not in r.stderr
+    silent = tmp_path / "silent.wav"
+    import numpy as np
+
+    from device.wavio import write_wav
+
+    write_wav(silent, np.zeros(16000, dtype=np.int16), 16000)
+    r = run_cli("voice-test", "--wav", silent, timeout=120)
+    assert r.returncode == 2 and "no speech" in r.stderr
