@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from device.wavio import AudioError, read_wav, write_wav
+from device.audio import WavSpeaker
+from device.wavio import AudioError, read_wav
 from runtime.errors import InputError
 from runtime.voice.vad import FRAME_SAMPLES, SAMPLE_RATE, Endpointer, SileroVAD, SpeechEnd
 
@@ -38,6 +38,7 @@ def voice_test(wav: str | Path, out: str | Path | None = None, trailing_silence_
     from runtime.app import build
     from runtime.config import load_config
     from runtime.voice.asr import WhisperRecognizer, store_prompt
+    from runtime.voice.stage import VoiceStage
     from runtime.voice.tts import PiperTTS
 
     try:
@@ -51,45 +52,35 @@ def voice_test(wav: str | Path, out: str | Path | None = None, trailing_silence_
 
     with tempfile.TemporaryDirectory() as state:
         parts = build(load_config(None, {"state_dir": state, "kb.watch": False}))
-        kb = parts.services.kb
-        asr = WhisperRecognizer(prompt=store_prompt([p.display_name for p in kb.products]))
+        asr = WhisperRecognizer(prompt=store_prompt([p.display_name for p in parts.services.kb.products]))
         tts = PiperTTS()
+        speaker = WavSpeaker(out, realtime=False)  # records the spoken reply (to ``out`` when given)
+        stage = VoiceStage(parts.kiosk, None, speaker, asr, tts, None, session="voice-test")
 
         async def run() -> dict:
             await tts.start()
             await parts.kiosk.start()
             try:
-                t0 = time.perf_counter()
-                tr = await asyncio.to_thread(asr.transcribe, utt.audio, utt.rate)
-                t_asr = time.perf_counter()
-                reply = await parts.kiosk.turn("voice-test", tr.text, channel="voice")
-                t_und = time.perf_counter()
-                chunks, first = [], None
-                async for pcm_bytes, rate in tts.synthesize(reply.text):
-                    if first is None:
-                        first = time.perf_counter()
-                    chunks.append(np.frombuffer(pcm_bytes, dtype=np.int16))
-                    out_rate = rate
+                r = await stage.answer(utt, answer_silence=True)
             finally:
                 await parts.kiosk.stop()
                 tts.close()
+                speaker.close()
             eos = (decided_at - utt.ts) * 1000
-            stage_ms = dict(reply.stage_ms)
             res = {
-                "transcript": tr.text,
-                "asr_confidence": round(tr.confidence, 3),
-                "intent": reply.intent,
-                "confidence": round(reply.confidence, 4),
-                "reply": reply.text,
+                "transcript": r["transcript"],
+                "asr_confidence": round(r["asr_confidence"], 3),
+                "intent": r["intent"],
+                "confidence": round(r["confidence"], 4),
+                "reply": r["reply"],
                 "end_of_speech": round(eos, 1),
-                "asr_final": round(eos + (t_asr - t0) * 1000, 1),
-                "understanding": round(eos + (t_asr - t0) * 1000 + stage_ms.get("intent", 0.0), 1),
-                "first_audio": round(eos + ((first or t_und) - t0) * 1000, 1),
-                "reply_ms": round((t_und - t_asr) * 1000, 1),
+                "asr_final": round(eos + r["asr_ms"], 1),
+                "understanding": round(eos + r["asr_ms"] + r["understanding_ms"], 1),
+                "first_audio": round(eos + r["first_audio_ms"], 1),
+                "reply_ms": round(r["reply_ms"], 1),
                 "speech_s": round(utt.ts - utt.start_ts, 2),
             }
-            if out is not None and chunks:
-                write_wav(out, np.concatenate(chunks), out_rate)
+            if out is not None:
                 res["out"] = str(out)
             return res
 

@@ -60,19 +60,22 @@ class VoiceStage:
                 elif isinstance(ev, SpeechEnd):
                     # One utterance at a time: the next one is only taken after this reply has been spoken.
                     self._speaking = True
-                    t = asyncio.create_task(self._answer(ev))
+                    t = asyncio.create_task(self._answer_logged(ev))
                     pending.add(t)
                     t.add_done_callback(pending.discard)
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _answer(self, utt: SpeechEnd) -> None:
+    async def answer(self, utt: SpeechEnd, *, answer_silence: bool = False) -> dict[str, Any] | None:
+        """Transcribe one utterance, take the kiosk's turn and speak the reply. Returns what was heard and said
+        with timings in ms from the start of this call, or None when no words were heard (noise) and
+        ``answer_silence`` is off. Raises on failure (``run`` logs it and listens on)."""
         t0 = time.perf_counter()
         try:
             tr = await asyncio.to_thread(self.asr.transcribe, utt.audio, utt.rate)
             t_asr = time.perf_counter()
-            if not tr.text.strip():
-                return
+            if not tr.text.strip() and not answer_silence:
+                return None
             await self.kiosk.broadcast({"type": "caption", "session": self.session, "text": tr.text, "final": True})
             reply = await self.kiosk.turn(self.session, tr.text, channel="voice")
             t_reply = time.perf_counter()
@@ -82,11 +85,19 @@ class VoiceStage:
                     first = time.perf_counter()
                 await self.speaker.play(pcm, rate)
             self.turns += 1
-            self.timings.append({"asr_ms": (t_asr - t0) * 1000, "reply_ms": (t_reply - t_asr) * 1000,
-                                 "first_audio_ms": ((first or t_reply) - t0) * 1000, "text": tr.text, "intent": reply.intent})
-        except Exception as exc:  # a voice failure must not stop the kiosk; the screen still works
-            log.error("voice turn failed: %s", exc)
-            self.kiosk.metrics.inc("storeclerk_stage_errors_total", stage="voice")
+            res = {"transcript": tr.text, "asr_confidence": tr.confidence, "intent": reply.intent,
+                   "confidence": reply.confidence, "reply": reply.text, "asr_ms": (t_asr - t0) * 1000,
+                   "understanding_ms": dict(reply.stage_ms).get("intent", 0.0), "reply_ms": (t_reply - t_asr) * 1000,
+                   "first_audio_ms": ((first or t_reply) - t0) * 1000}
+            self.timings.append(res)
+            return res
         finally:
             self._quiet_from = time.monotonic() + self.hangover_s
             self._speaking = False
+
+    async def _answer_logged(self, utt: SpeechEnd) -> None:
+        try:
+            await self.answer(utt)
+        except Exception as exc:  # a voice failure must not stop the kiosk; the screen still works
+            log.error("voice turn failed: %s", exc)
+            self.kiosk.metrics.inc("storeclerk_stage_errors_total", stage="voice")

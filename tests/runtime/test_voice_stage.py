@@ -51,7 +51,7 @@ def test_spoken_question_gets_a_spoken_answer(tmp_path):
     stage = asyncio.run(go())
     assert stage.turns == 1, stage.timings
     assert stage.ignored_while_speaking >= 1  # the echo reached the microphone and was recognised as our own voice
-    assert "banana" in stage.timings[0]["text"].lower() and stage.timings[0]["intent"] == "product_price"
+    assert "banana" in stage.timings[0]["transcript"].lower() and stage.timings[0]["intent"] == "product_price"
     played = speaker.recorded()
     assert played.size > 22050 and np.abs(played).max() > 1000  # about a second or more of real speech
     assert any(c["type"] == "caption" and c["final"] for c in captions)
