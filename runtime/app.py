@@ -84,7 +84,7 @@ def _embed_fn(classifier, kiosk_ref: list):
 
 def build(config: KioskConfig) -> KioskParts:
     from runtime.intents import IntentClassifier
-    from runtime.kb import HybridRetriever, KnowledgeBase
+    from runtime.kb import HybridRetriever
     from runtime.orders import SqliteOrderSource
     from runtime.store import ConversationStore
 
@@ -98,9 +98,7 @@ def build(config: KioskConfig) -> KioskParts:
         raise ConfigError(f"cannot create the state directory {state_dir}: {exc} (set state_dir in the config)") from None
 
     classifier = IntentClassifier.from_bundle(bundle)
-    kb = KnowledgeBase.load(kb_dir)
-    spec = load_dialogue(dialogue_path, classifier.labels)
-    check_dialogue_against_kb(spec, kb)
+    kb, spec = load_kb_and_dialogue(kb_dir, dialogue_path, classifier.labels)
     extractor = _extractor_for(kb_dir)
     kiosk_ref: list = []
     # KB retrieval and recommendations use the bundle's retrieval encoder (un-fine-tuned MiniLM, trained for
@@ -127,16 +125,10 @@ def build(config: KioskConfig) -> KioskParts:
     parts = KioskParts(config, kiosk, services, kb_dir, dialogue_path, state_dir, extras={"embed": embed})
     parts.watcher = _watcher(parts, kb, float(config.get("kb.poll_s")))
     kiosk.extra_health["kb"] = parts.watcher.health
-    kiosk.extra_health["bundle"] = lambda: {"ok": True, "path": str(bundle), "providers": _providers(classifier)}
+    # The step each model runs on ("cpu", "cuda", ...): a kiosk that silently fell back to the CPU shows here.
+    kiosk.extra_health["bundle"] = lambda: {"ok": True, "path": str(bundle), "providers": {
+        model: next((r.step for r in record if r.chosen), None) for model, record in classifier.engine.selection.items()}}
     return parts
-
-
-def _providers(classifier) -> list[str]:
-    sel = getattr(classifier.engine, "selection", None)
-    try:
-        return [str(v) for v in (sel.values() if isinstance(sel, dict) else [sel])]
-    except Exception:
-        return []
 
 
 def _extractor_for(kb_dir: Path):
@@ -145,6 +137,17 @@ def _extractor_for(kb_dir: Path):
     catalog = kb_dir / "catalog.csv"
     gazetteer = data_dir() / "entities" / "gazetteer.yml"
     return EntityExtractor.from_files(gazetteer, catalog) if catalog.exists() else EntityExtractor.default()
+
+
+def load_kb_and_dialogue(kb_dir: Path, dialogue_path: Path, labels=None):
+    """(KB, dialogue spec), each validated and the dialogue's answers checked against the KB: start-up, hot
+    reload and ``storeclerk doctor`` accept exactly the same files."""
+    from runtime.kb import KnowledgeBase
+
+    kb = KnowledgeBase.load(kb_dir)
+    spec = load_dialogue(dialogue_path, labels)
+    check_dialogue_against_kb(spec, kb)
+    return kb, spec
 
 
 def check_dialogue_against_kb(spec, kb) -> None:
@@ -169,12 +172,7 @@ def _watcher(parts: KioskParts, kb, poll_s: float):
     staged: dict = {}
 
     def load(kb_dir: Path):
-        from runtime.kb import KnowledgeBase
-
-        new_kb = KnowledgeBase.load(kb_dir)
-        spec = load_dialogue(parts.dialogue_path, parts.kiosk.classifier.labels)
-        check_dialogue_against_kb(spec, new_kb)
-        staged["spec"] = spec
+        new_kb, staged["spec"] = load_kb_and_dialogue(kb_dir, parts.dialogue_path, parts.kiosk.classifier.labels)
         return new_kb
 
     def swap(new_kb) -> None:

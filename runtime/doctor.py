@@ -338,13 +338,10 @@ def collect(bundle_path: Path, port: int = 8080) -> list[Check]:
 
 
 def check_kb() -> tuple[str, str]:
-    from runtime.app import check_dialogue_against_kb
-    from runtime.dialogue import load_dialogue
-    from runtime.kb import KnowledgeBase
+    from runtime.app import load_kb_and_dialogue
     from runtime.paths import data_dir
 
-    kb = KnowledgeBase.load(data_dir() / "kb")
-    check_dialogue_against_kb(load_dialogue(data_dir() / "dialogue" / "dialogue.yml"), kb)
+    kb, _ = load_kb_and_dialogue(data_dir() / "kb", data_dir() / "dialogue" / "dialogue.yml")
     return OK, f"{data_dir() / 'kb'}: {len(kb.products)} products, {len(kb.faqs)} FAQ entries, fingerprint {kb.fingerprint[:12]}"
 
 

@@ -35,35 +35,25 @@ def cmd_run(args) -> int:
 
 
 def cmd_kb_validate(args) -> int:
-    """The KB files (runtime.kb.commands.validate_report) and the dialogue file against them."""
+    """The KB files and the dialogue file against them (the same checks as start-up and hot reload)."""
     from runtime.app import check_dialogue_against_kb
     from runtime.dialogue import load_dialogue
-    from runtime.kb import KnowledgeBase
-    from runtime.kb.commands import validate_report
+    from runtime.kb.commands import print_report, validate_report
     from runtime.paths import data_dir
 
     kb_dir = Path(args.kb or data_dir() / "kb")
     dlg = Path(args.dialogue or data_dir() / "dialogue" / "dialogue.yml")
-    result = validate_report(kb_dir)
-    result["dialogue"] = str(dlg)
+    spec, dialogue_error = None, None
     try:
         spec = load_dialogue(dlg)
-        if result["ok"]:
-            check_dialogue_against_kb(spec, KnowledgeBase.load(kb_dir))
     except ConfigError as exc:
-        result["ok"] = False
-        result["errors"].append(exc.message)
-    if args.json:
-        print(json.dumps(result))
-    elif result["errors"]:
-        print(f"knowledge base {kb_dir}: {len(result['errors'])} problem(s); the kiosk would keep its last good KB", file=sys.stderr)
-        for p in result["errors"]:
-            print(f"  {p}", file=sys.stderr)
-    else:
-        for w in result.get("warnings", []):
-            print(f"  warning: {w}")
-        print(f"ok: {kb_dir} ({result['products']} products, {result['faqs']} FAQ entries) and {dlg}")
-    return 0 if result["ok"] else 1
+        dialogue_error = exc.message
+    rep = validate_report(kb_dir, (lambda kb: check_dialogue_against_kb(spec, kb)) if spec is not None else None)
+    rep["dialogue"] = str(dlg)
+    if dialogue_error:
+        rep["ok"] = False
+        rep["errors"].append(dialogue_error)
+    return print_report(rep, args.json)
 
 
 def cmd_kb_reload(args) -> int:
