@@ -16,22 +16,13 @@ def now() -> float:
 
 @dataclass(frozen=True)
 class TouchText:
-    """Text a customer typed on the touchscreen (or a quick-reply button, or the HTTP API)."""
+    """A customer turn: typed on the touchscreen, a quick-reply button, the HTTP API, a voice transcript, or
+    the "call staff" button (channel "button", no text)."""
 
     session: str
     text: str
     turn: int
     channel: str = "touch"
-    ts: float = field(default_factory=now)
-
-
-@dataclass(frozen=True)
-class Tap:
-    """A button that is not a text turn: "call staff", "done"."""
-
-    session: str
-    action: str  # "staff" | "end"
-    turn: int
     ts: float = field(default_factory=now)
 
 

@@ -1,7 +1,7 @@
 """The kiosk's loop: stages as asyncio tasks over bounded queues (DESIGN §2).
 
     input (touch / API / voice)  ─► understand ─► dialogue ─► respond ─► screen (+ speaker)
-        TouchText, Tap              Understanding   Action     Reply
+        TouchText                   Understanding   Action     Reply
 
 * Customer input is never dropped: the input queue is bounded, and a full queue makes the *caller* wait
   (and, past ``loop.stage_timeout_s``, answer "busy") instead of silently losing a turn.
@@ -28,7 +28,7 @@ import numpy as np
 
 from runtime.dialogue import DialogueManager
 from runtime.errors import InputError
-from runtime.events import Action, Reply, Tap, TouchText, Understanding
+from runtime.events import Action, Reply, TouchText, Understanding
 from runtime.metrics import Metrics
 from runtime.notify import Handoff, notify_all
 from runtime.sessions import SessionManager, SessionState, check_session_id
@@ -182,10 +182,6 @@ class Kiosk:
         """The "call staff" button: a hand-off without going through understanding."""
         return await self.turn(sid, "", channel="button")
 
-    async def tap(self, ev: Tap) -> None:
-        if ev.action == "end":
-            await self.end_session(ev.session, "done")
-
     # ----------------------------------------------------------------------------------------- stages
     def _fail(self, stage: str, exc: BaseException) -> None:
         h = self.health[stage]
@@ -258,7 +254,7 @@ class Kiosk:
                     act = Action(u.session, u.turn, "error", self.dialogue.spec.text("error"), u,
                                  quick_replies=({"label": "Call staff", "text": "I'd like to talk to a person"},))
                 elif u.channel == "button":
-                    act = self.dialogue._handoff(u, st, "button")
+                    act = self.dialogue.handoff(u, st, "button")
                 else:
                     act = self.dialogue.handle(u, st)
                 self._done("dialogue", time.perf_counter() - t0)

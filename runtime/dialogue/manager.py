@@ -15,11 +15,11 @@ from typing import Any
 
 from runtime.dialogue.spec import DialogueSpec, IntentRule
 from runtime.events import Action, Understanding
+from runtime.orders import normalize_id  # what counts as an order number in a customer's words
 from runtime.sessions import SessionState
 
 log = logging.getLogger("storeclerk.dialogue")
 
-_DIGITS_RE = re.compile(r"(?<![\w#])#?(\d[\d -]{4,22}\d)(?!\w)")
 _FACTS = (  # (pattern, tag or allergen, wording, kind) — kind "tag": a dietary claim; "allergen": contains
     (re.compile(r"\bvegan\b", re.I), "vegan", "vegan", "tag"),
     (re.compile(r"\bvegetarian\b", re.I), "vegetarian", "vegetarian", "tag"),
@@ -112,7 +112,7 @@ class DialogueManager:
         if not u.text.strip():
             return self._act(u, "answer", self.spec.text("empty"))
         if any(p.search(u.text) for p in self.spec.frustration):
-            return self._handoff(u, st, "frustration")
+            return self.handoff(u, st, "frustration")
         if st.pending:
             act = self._pending(u, st)
             if act is not None:
@@ -176,7 +176,7 @@ class DialogueManager:
             st.pending = None  # the customer moved on: never cancel on an unclear answer
             return None
         if kind == "slot":
-            value = self._entity(u, "order_id") or self._bare_order_id(u.text)
+            value = self._order_id(u, {})
             if value:
                 st.pending = None
                 return self._intent(u, st, p["intent"], order_id=value)
@@ -189,18 +189,11 @@ class DialogueManager:
             p["retries"] = p.get("retries", 0) + 1
             if p["retries"] > self.spec.slot_retries:
                 st.pending = None
-                return self._handoff(u, st, "failures")
+                return self.handoff(u, st, "failures")
             return self._act(u, "ask_slot", self.spec.text("reprompt_order_id"), quick=(staff_button(),))
         st.pending = None
         return None
 
-    @staticmethod
-    def _bare_order_id(text: str) -> str | None:
-        m = _DIGITS_RE.search(text)
-        if not m:
-            return None
-        digits = re.sub(r"\D", "", m.group(1))
-        return digits if 6 <= len(digits) <= 20 else None
 
     # ------------------------------------------------------------------------------------- understanding
     def _not_understood(self, u: Understanding, st: SessionState) -> Action:
@@ -210,7 +203,7 @@ class DialogueManager:
             return hit(u)
         st.failures += 1
         if st.failures >= self.spec.max_failures:
-            return self._handoff(u, st, "failures")
+            return self.handoff(u, st, "failures")
         quick = [staff_button(), {"label": self.spec.labels.get("help", "Help"), "text": "what can you do?"}]
         return self._act(u, "out_of_scope", self.spec.text("out_of_scope"), quick=quick)
 
@@ -274,7 +267,7 @@ class DialogueManager:
         return action(u, st, rule, **slots)
 
     # ------------------------------------------------------------------------------------------- actions
-    def _handoff(self, u: Understanding, st: SessionState, reason: str) -> Action:
+    def handoff(self, u: Understanding, st: SessionState, reason: str) -> Action:
         st.handed_off = True
         st.failures = 0
         st.pending = None
@@ -283,7 +276,7 @@ class DialogueManager:
         return self._act(u, "handoff", self.spec.text(key), cards=(card,), handoff=True, reason=reason)
 
     def _a_handoff(self, u, st, rule, **_):
-        return self._handoff(u, st, "request")
+        return self.handoff(u, st, "request")
 
     def _a_out_of_scope(self, u, st, rule, **_):
         return self._not_understood(u, st)
@@ -421,7 +414,7 @@ class DialogueManager:
 
     # orders ------------------------------------------------------------------------------------------------
     def _order_id(self, u: Understanding, slots: dict) -> str | None:
-        return slots.get("order_id") or self._entity(u, "order_id") or self._bare_order_id(u.text)
+        return slots.get("order_id") or self._entity(u, "order_id") or normalize_id(u.text)
 
     def _ask_order(self, u, st, intent: str) -> Action:
         st.pending = {"kind": "slot", "slot": "order_id", "intent": intent, "retries": 0}
