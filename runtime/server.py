@@ -27,6 +27,9 @@ log = logging.getLogger("storeclerk.server")
 WEB_DIR = Path(__file__).resolve().parent / "web"
 WS_MAX_MESSAGE = 8192
 WS_MAX_RATE = 20  # messages per second per connection before it is told to slow down
+VOICE_ACTIONS = ("ptt_start", "ptt_stop", "mute", "unmute")
+VOICE_STATES = ("off", "idle", "listening", "thinking", "speaking")
+VOICE_OFF = {"type": "voice_state", "state": "off", "muted": False, "mode": "ptt"}
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -197,13 +200,18 @@ def create_app(kiosk, *, media_dir: Path | None = None, max_body_bytes: int = 16
                 await socket.send_text(json.dumps(msg))
 
         async def listener(msg: dict) -> None:
-            # Session events (ended, staff) go only to the page that owns the session.
+            # The microphone and speaker are the kiosk's, not a session's: every page shows their state.
+            if msg.get("type") == "voice_state":
+                await send(_voice_state(msg))
+                return
+            # Session events (ended, staff, captions, spoken replies) go only to the page that owns the session.
             if msg.get("session") in owned:
                 if msg.get("type") == "ended":
                     owned.discard(msg["session"])
                 await send(msg)
 
         unsubscribe = kiosk.subscribe(listener)
+        conn: dict[str, Any] = {"ptt": False}
         window_start, count = time.monotonic(), 0
         try:
             while True:
@@ -218,7 +226,7 @@ def create_app(kiosk, *, media_dir: Path | None = None, max_body_bytes: int = 16
                     if count > WS_MAX_RATE:
                         raise InputError("too many messages; slow down", code="rate_limited")
                     msg = _ws_message(raw)
-                    await _ws_handle(kiosk, msg, owned, send, store_name)
+                    await _ws_handle(kiosk, msg, owned, send, store_name, conn)
                 except InputError as exc:
                     metrics.inc("storeclerk_input_errors_total", code=exc.code)
                     await send({"type": "error", "code": exc.code, "message": exc.message})
@@ -226,6 +234,13 @@ def create_app(kiosk, *, media_dir: Path | None = None, max_body_bytes: int = 16
             pass
         finally:
             unsubscribe()
+            voice = getattr(kiosk, "voice", None)
+            if conn["ptt"] and voice is not None:
+                # The page went away with the button held (closed, crashed, network): never leave the microphone open.
+                try:
+                    await _voice_call(voice.push_to_talk, False)
+                except Exception as exc:
+                    log.error("voice stage failed to release push-to-talk: %s", exc)
 
     return app
 
@@ -251,13 +266,67 @@ def _ws_message(raw: dict) -> dict[str, Any]:
     return msg
 
 
-async def _ws_handle(kiosk, msg: dict, owned: set[str], send, store_name: str = "") -> None:
+def _voice_state(raw: Any) -> dict[str, Any]:
+    """The voice stage's state in the shape the page reads; anything unrecognisable reads as "off"."""
+    if not isinstance(raw, dict) or raw.get("state") not in VOICE_STATES:
+        return dict(VOICE_OFF)
+    return {"type": "voice_state", "state": raw["state"], "muted": bool(raw.get("muted", False)),
+            "mode": "open" if raw.get("mode") == "open" else "ptt"}
+
+
+async def _voice_call(fn, *args) -> Any:
+    result = fn(*args)
+    return await result if asyncio.iscoroutine(result) else result
+
+
+async def _voice_attach(kiosk, sid: str, send) -> None:
+    """Voice turns go into this page's session; the page learns whether there is a microphone at all."""
+    voice = getattr(kiosk, "voice", None)
+    if voice is None:
+        await send(dict(VOICE_OFF))
+        return
+    try:
+        await _voice_call(voice.attach, sid)
+        state = await _voice_call(voice.state)
+    except Exception as exc:  # a broken voice stage must not cost the page its session
+        log.error("voice stage failed on attach: %s", exc)
+        state = None
+    await send(_voice_state(state))
+
+
+async def _ws_voice(kiosk, msg: dict, owned: set[str], send, conn: dict[str, Any]) -> None:
+    action = msg.get("action")
+    if action not in VOICE_ACTIONS:
+        raise InputError(f"unknown voice action {action!r} (expected one of {', '.join(VOICE_ACTIONS)})", code="bad_action")
+    voice = getattr(kiosk, "voice", None)
+    if voice is None:
+        raise InputError("voice is off on this kiosk; type your question instead", code="voice_off")
+    sid = msg.get("session")
+    if sid is not None:  # the customer may have pressed the microphone in a session this socket has not seen yet
+        owned.add(check_session_id(sid))
+    try:
+        if sid is not None and action == "ptt_start":
+            await _voice_call(voice.attach, sid)
+        if action in ("ptt_start", "ptt_stop"):
+            await _voice_call(voice.push_to_talk, action == "ptt_start")
+            conn["ptt"] = action == "ptt_start"
+        else:
+            await _voice_call(voice.set_muted, action == "mute")
+        state = await _voice_call(voice.state)
+    except Exception as exc:
+        log.error("voice action %s failed: %s", action, exc)
+        raise InputError("the microphone is not working right now; please type your question", code="voice_failed") from None
+    await send(_voice_state(state))
+
+
+async def _ws_handle(kiosk, msg: dict, owned: set[str], send, store_name: str = "", conn: dict[str, Any] | None = None) -> None:
     kind = msg["type"]
     if kind == "start":
         sid = new_session_id()
         await kiosk.start_session(sid, "touch")
         owned.add(sid)
         await send({"type": "session", "session": sid, "store": store_name})
+        await _voice_attach(kiosk, sid, send)
         return
     if kind == "resume":  # the page reconnected: re-attach it to its session, or tell it the session is gone
         sid = check_session_id(msg.get("session"))
@@ -266,14 +335,19 @@ async def _ws_handle(kiosk, msg: dict, owned: set[str], send, store_name: str = 
         else:
             owned.add(sid)
             await send({"type": "session", "session": sid, "store": store_name, "resumed": True})
+            await _voice_attach(kiosk, sid, send)
+        return
+    if kind == "voice":
+        await _ws_voice(kiosk, msg, owned, send, conn if conn is not None else {"ptt": False})
         return
     if kind not in ("text", "staff", "end"):
-        raise InputError(f"unknown message type {kind!r} (expected start, resume, text, staff, end)", code="bad_type")
+        raise InputError(f"unknown message type {kind!r} (expected start, resume, text, staff, end, voice)", code="bad_type")
     sid = msg.get("session")
     if sid is None and kind in ("text", "staff"):
         sid = new_session_id()
         await kiosk.start_session(sid, "touch")
         await send({"type": "session", "session": sid, "store": store_name})
+        await _voice_attach(kiosk, sid, send)
     check_session_id(sid)
     owned.add(sid)
     if kind == "text":

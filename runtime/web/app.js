@@ -53,6 +53,15 @@
     'send.button': 'Send',
     'send.button.label': 'Send message',
     'mic.button.label': 'Speak your question',
+    'voice.mute': 'Mute voice',
+    'voice.mute.label': "Mute voice, the assistant's spoken answers",
+    'voice.caption.label': 'What I heard: ',
+    'voice.idle.ptt': 'Hold the microphone button and speak.',
+    'voice.idle.open': 'Speak any time. I am listening.',
+    'voice.listening': 'Listening…',
+    'voice.thinking': 'Thinking…',
+    'voice.speaking': 'Speaking…',
+    'voice.unavailable': 'Voice is not available right now. Please type your question.',
     'role.you': 'You',
     'role.kiosk': 'Assistant',
     'typing': 'The assistant is typing…',
@@ -132,6 +141,7 @@
       node.setAttribute('placeholder', t(node.dataset.i18nPlaceholder));
     }
     renderSuggestions();
+    renderVoice();
   }
 
   // ------------------------------------------------------------------ DOM helpers
@@ -222,6 +232,10 @@
     idleTimer: 0,
     endTimer: 0,
     view: 'attract',
+    // The kiosk's microphone and speaker, as its last voice_state said; "off" until it says otherwise.
+    voice: { state: 'off', muted: false, mode: 'ptt' },
+    ptt: null,             // how the microphone button is held: null, 'pointer' or 'toggle' (keyboard)
+    pttTimer: 0,
   };
   const OUTBOX_MAX = 20;
   const REPLY_TIMEOUT_MS = 30000;
@@ -229,6 +243,10 @@
   // cannot arrive (the socket was replaced and the kiosk does not know this page owns the session yet): the next
   // customer must never see the last one's conversation.
   const PAGE_IDLE_MS = 5 * 60 * 1000;
+  // A microphone left open by a stuck key or a lost pointer closes by itself (the kiosk also closes it when the
+  // socket drops).
+  const PTT_MAX_MS = 30000;
+  const VOICE_STATES = ['off', 'idle', 'listening', 'thinking', 'speaking'];
 
   function wsUrl() {
     return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/ws`;
@@ -267,6 +285,7 @@
       state.open = false;
       // A session id survives the reconnect; a start that was in flight must be asked again.
       if (state.starting) { state.starting = false; if (state.afterSession.length) requestSession(); }
+      if (state.ptt) setPtt(null, false); // the kiosk releases the microphone of a dropped socket itself
       setConnStatus(state.retry === 0 ? 'reconnecting' : 'offline', 700);
       scheduleReconnect();
     });
@@ -306,6 +325,14 @@
     }
   }
 
+  /** Sends now or not at all. Voice actions are never queued: a press replayed after a reconnect would open the
+   * kiosk's microphone when nobody is holding the button. */
+  function sendLive(obj) {
+    if (!(state.ws && state.open && state.ws.readyState === WebSocket.OPEN)) return false;
+    state.ws.send(JSON.stringify(obj));
+    return true;
+  }
+
   function requestSession() {
     if (state.starting) return;
     state.starting = true;
@@ -322,7 +349,7 @@
   // ------------------------------------------------------------------ incoming messages
 
   function handleMessage(msg) {
-    touchIdle();
+    if (msg.type !== 'voice_state') touchIdle(); // the kiosk's voice state is not this customer doing anything
     const sameSession = !msg.session || !state.session || msg.session === state.session;
     switch (msg.type) {
       case 'session': {
@@ -341,9 +368,15 @@
         const r = msg.reply && typeof msg.reply === 'object' ? msg.reply : msg; // tolerate a nested Reply too
         const cards = Array.isArray(r.cards) ? r.cards : [];
         const wasStaff = !!state.lastTurn && state.lastTurn.kind === 'staff';
-        setWaiting(false);
-        state.lastTurn = null;
-        state.resent = false;
+        if (msg.channel === 'voice') {
+          // A spoken turn: its question is already on screen (the final caption); a typed turn may still be
+          // waiting for its own answer, so its bookkeeping is left alone.
+          setCaption('', false);
+        } else {
+          setWaiting(false);
+          state.lastTurn = null;
+          state.resent = false;
+        }
         if (state.view !== 'conversation') showConversation(false);
         addKioskMessage(str(r.reply), cards);
         setQuickReplies(Array.isArray(r.quick_replies) ? r.quick_replies : []);
@@ -364,9 +397,32 @@
         showAttract();
         break;
       }
+      case 'voice_state': {
+        setVoiceState(msg);
+        break;
+      }
+      case 'caption': {
+        if (!sameSession) return;
+        const text = str(msg.text);
+        const heard = !!text && !/^[.…\s]+$/.test(text); // "…" only says that speech started
+        if (!msg.final) { setCaption(heard ? text : '', false); break; }
+        setCaption(heard ? text : '', true);
+        if (!heard) break;
+        if (state.view !== 'conversation') showConversation(false);
+        addCustomerMessage(text);
+        setQuickReplies([]);
+        break;
+      }
       case 'error': {
-        setWaiting(false);
         const code = str(msg.code);
+        if (code === 'voice_off' || code === 'voice_failed' || code === 'bad_action') {
+          // Only the microphone failed: a typed question still waiting for its answer keeps waiting.
+          if (state.ptt) setPtt(null, false);
+          if (code === 'voice_off') setVoiceState({ state: 'off' });
+          addNotice(code === 'voice_off' ? t('voice.unavailable') : str(msg.message));
+          break;
+        }
+        setWaiting(false);
         if (/session/i.test(code) && state.session) {
           // The kiosk no longer knows our session (it restarted, or the session timed out): start a fresh one
           // and re-send the turn once, so the customer does not have to repeat themselves.
@@ -435,6 +491,8 @@
     state.view = 'attract';
     $('log').replaceChildren();
     $('announcer').textContent = '';
+    if (state.ptt) setPtt(null, true);
+    setCaption('', false);
     $('empty').hidden = false;
     setQuickReplies([]);
     $('staff-banner').hidden = true;
@@ -716,6 +774,103 @@
     $('suggestions').replaceChildren(...chips.map((q) => chipButton(q.label, q.text)));
   }
 
+  // ------------------------------------------------------------------ voice
+
+  /** The kiosk's voice_state: shows or hides every voice control and says what the kiosk is doing. */
+  function setVoiceState(msg) {
+    const v = state.voice;
+    v.state = VOICE_STATES.includes(msg.state) ? msg.state : 'off';
+    v.muted = !!msg.muted;
+    v.mode = msg.mode === 'open' ? 'open' : 'ptt';
+    if (v.state === 'off' && state.ptt) setPtt(null, false);
+    if (v.state === 'listening' && !$('caption').classList.contains('is-partial')) setCaption('', false); // a new utterance
+    renderVoice();
+  }
+
+  function renderVoice() {
+    const v = state.voice;
+    const off = v.state === 'off';
+    const mic = $('mic-button');
+    const mute = $('voice-mute');
+    mic.hidden = off;
+    mic.disabled = off;
+    mic.setAttribute('aria-pressed', String(!!state.ptt));
+    mic.classList.toggle('is-live', !!state.ptt || v.state === 'listening');
+    mute.hidden = off;
+    mute.disabled = off;
+    mute.setAttribute('aria-pressed', String(v.muted));
+    const bar = $('voice-bar');
+    bar.hidden = off;
+    bar.dataset.state = v.state;
+    const label = {
+      idle: v.mode === 'open' ? t('voice.idle.open') : t('voice.idle.ptt'),
+      listening: t('voice.listening'),
+      thinking: t('voice.thinking'),
+      speaking: t('voice.speaking'),
+    }[v.state] || '';
+    const text = $('voice-status-text');
+    if (text.textContent !== label) text.textContent = label; // an unchanged status is not announced again
+    const name = { thinking: 'dots', speaking: v.muted ? 'speaker-off' : 'speaker' }[v.state] || 'mic';
+    const box = $('voice-icon');
+    if (box.dataset.icon !== name) { box.dataset.icon = name; box.replaceChildren(icon(name)); }
+  }
+
+  /** The caption line: what the customer is saying (partial, live) or said (final). */
+  function setCaption(text, final) {
+    const line = $('caption');
+    $('caption-text').textContent = text;
+    line.hidden = !text;
+    line.classList.toggle('is-partial', !!text && !final);
+    line.classList.toggle('is-final', !!text && !!final);
+  }
+
+  /** Holds (how = 'pointer' | 'toggle') or releases (how = null) the microphone; `tell` sends it to the kiosk. */
+  function setPtt(how, tell) {
+    const was = state.ptt;
+    if (how && state.voice.state === 'off') how = null;
+    if (tell && !!was !== !!how) {
+      const msg = { type: 'voice', action: how ? 'ptt_start' : 'ptt_stop' };
+      if (state.session) msg.session = state.session;
+      if (!sendLive(msg) && how) how = null;
+    }
+    clearTimeout(state.pttTimer);
+    state.ptt = how;
+    if (how) state.pttTimer = setTimeout(() => setPtt(null, true), PTT_MAX_MS);
+    renderVoice();
+  }
+
+  function toggleMute() {
+    if (state.voice.state === 'off') return;
+    const muted = !state.voice.muted;
+    if (!sendLive({ type: 'voice', action: muted ? 'mute' : 'unmute' })) return;
+    state.voice.muted = muted; // shown at once; the kiosk's voice_state confirms (or corrects) it
+    renderVoice();
+  }
+
+  function wireVoice() {
+    const mic = $('mic-button');
+    mic.addEventListener('pointerdown', (ev) => {
+      if (ev.button !== 0 || state.voice.state === 'off') return;
+      ev.preventDefault(); // keeps the focus (and the on-screen keyboard) where it was
+      if (state.ptt === 'toggle') { setPtt(null, true); return; } // a touch ends what the keyboard started
+      try { mic.setPointerCapture(ev.pointerId); } catch (_) { /* synthetic pointers have nothing to capture */ }
+      if (!state.ptt) setPtt('pointer', true);
+    });
+    const release = () => { if (state.ptt === 'pointer') setPtt(null, true); };
+    for (const type of ['pointerup', 'pointercancel', 'lostpointercapture']) mic.addEventListener(type, release);
+    // Enter / Space (and a screen reader's activation) arrive as a click with detail 0: one press starts, the
+    // next stops. A pointer's own click (detail >= 1) was already handled as press-and-hold above.
+    mic.addEventListener('click', (ev) => {
+      if (!viaKeyboard(ev)) return;
+      setPtt(state.ptt ? null : 'toggle', true);
+    });
+    mic.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter' && ev.repeat) ev.preventDefault(); // a held Enter must not flicker the microphone
+      if (ev.key === 'Escape' && state.ptt) setPtt(null, true);
+    });
+    $('voice-mute').addEventListener('click', toggleMute);
+  }
+
   // ------------------------------------------------------------------ actions
 
   function sendTurn(sid, turn) {
@@ -767,6 +922,7 @@
     $('start-button').addEventListener('click', (ev) => start(viaKeyboard(ev)));
     $('staff-button').addEventListener('click', callStaff);
     $('done-button').addEventListener('click', done);
+    wireVoice();
     $('contrast-toggle').addEventListener('click', () => {
       setContrast(document.documentElement.dataset.contrast !== 'high', true);
     });
@@ -808,7 +964,8 @@
   window.storeclerk = Object.freeze({
     strings: () => ({ ...strings }),
     fallbackStrings: () => ({ ...FALLBACK_STRINGS }),
-    state: () => ({ session: state.session, view: state.view, open: state.open, waiting: state.waiting }),
+    state: () => ({ session: state.session, view: state.view, open: state.open, waiting: state.waiting,
+                    voice: { ...state.voice }, ptt: state.ptt }),
     /** Handle a kiosk → page message as if it came over the socket. */
     receive: (msg) => handleMessage(msg),
     /** Drop the socket as a network failure would (the page reconnects by itself). */

@@ -148,6 +148,7 @@ def test_websocket_flow_and_garbage(client):
     with client.websocket_connect("/ws") as ws:
         ws.send_text(json.dumps({"type": "start"}))
         sid = ws.receive_json()["session"]
+        assert ws.receive_json() == {"type": "voice_state", "state": "off", "muted": False, "mode": "ptt"}
         ws.send_text(json.dumps({"type": "text", "session": sid, "text": "hello"}))
         m = ws.receive_json()
         assert m["type"] == "reply" and m["intent"] == "greet"
@@ -176,6 +177,7 @@ def test_websocket_resume_after_reconnect(client):
     with client.websocket_connect("/ws") as ws:  # the page reconnected
         ws.send_text(json.dumps({"type": "resume", "session": sid}))
         assert ws.receive_json() == {"type": "session", "session": sid, "store": "storeclerk", "resumed": True}
+        assert ws.receive_json()["type"] == "voice_state"
         ws.send_text(json.dumps({"type": "staff", "session": sid}))
         assert {ws.receive_json()["type"], ws.receive_json()["type"]} == {"reply", "staff"}  # events reach the new page
         ws.send_text(json.dumps({"type": "resume", "session": "gone-1"}))
