@@ -81,40 +81,74 @@ def _resample_int16(x: np.ndarray, src: int, dst: int) -> np.ndarray:
 
 
 class EchoTap:
-    """A FIFO of what a speaker played, at the listener's rate, with a fixed delay (acoustic path + buffering)."""
+    """What a speaker played, at the listener's rate, with a fixed delay (acoustic path + buffering).
 
-    def __init__(self, rate: int, gain: float = 0.5, delay_ms: float = 0.0):
+    Two clocks. ``timed=False`` (a speaker that plays instantly): a FIFO, ``pull(n)`` takes the next ``n``
+    samples. ``timed=True`` (a speaker that plays in real time): every pushed block is laid on the wall clock
+    where it started playing (right after the previous block if it arrives early), and ``pull(n, ts)`` returns
+    what was sounding over ``[ts - delay, ts - delay + n / rate)``. Only the timed form keeps the echo and the
+    echo canceller's reference aligned when blocks arrive unevenly (a FIFO read at a steady pace stretches
+    time by every underrun, and differently on each tap).
+    """
+
+    def __init__(self, rate: int, gain: float = 0.5, delay_ms: float = 0.0, *, timed: bool = False,
+                 clock: Callable[[], float] = time.monotonic):
         self.rate, self.gain = int(rate), float(gain)
         self.delay = int(round(delay_ms * self.rate / 1000))
-        self._buf: deque[np.ndarray] = deque()
+        self.timed = timed
+        self.clock = clock
+        self._buf: deque[list] = deque()  # timed: [start_sample_index, samples]; FIFO: [0, samples]
         self._n = 0
         self._lock = threading.Lock()
+        self._end = -1  # timed: sample index (on the clock × rate) where the last block ends
 
     def push(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.int16)
         with self._lock:
-            if self._n == 0 and self.delay:
-                self._buf.append(np.zeros(self.delay, np.int16))  # the path's latency, from silence
-                self._n += self.delay
-            self._buf.append(x)
+            if not self.timed:
+                if not self._buf and self._n == 0 and self.delay:
+                    self._buf.append([0, np.zeros(self.delay, np.int16)])  # the path's latency, from silence
+                    self._n += self.delay
+                self._buf.append([0, x])
+                self._n += len(x)
+                return
+            start = max(int(round(self.clock() * self.rate)), self._end)
+            self._buf.append([start, x])
+            self._end = start + len(x)
             self._n += len(x)
 
     def pending(self) -> int:
         return self._n
 
-    def pull(self, n: int) -> np.ndarray:
-        """The next ``n`` echoed samples (zeros where the speaker played nothing), gain not yet applied."""
+    def pull(self, n: int, ts: float | None = None) -> np.ndarray:
+        """``n`` echoed samples (zeros where the speaker played nothing), gain not yet applied. A timed tap
+        needs ``ts``, the time of the listener's first sample, on the same clock."""
         out = np.zeros(n, np.int16)
-        got = 0
         with self._lock:
+            if self.timed:
+                if ts is None:
+                    raise ValueError("a timed EchoTap needs the listener's timestamp")
+                a = int(round(ts * self.rate)) - self.delay
+                b = a + n
+                while self._buf and self._buf[0][0] + len(self._buf[0][1]) <= a:
+                    self._n -= len(self._buf.popleft()[1])  # already heard
+                for start, x in self._buf:
+                    if start >= b:
+                        break
+                    lo, hi = max(a, start), min(b, start + len(x))
+                    if hi > lo:
+                        out[lo - a : hi - a] = x[lo - start : hi - start]
+                return out
+            got = 0
             while got < n and self._buf:
-                head = self._buf[0]
+                head = self._buf[0][1]
                 take = min(n - got, len(head))
                 out[got : got + take] = head[:take]
                 got += take
                 if take == len(head):
                     self._buf.popleft()
                 else:
-                    self._buf[0] = head[take:]
+                    self._buf[0][1] = head[take:]
             self._n -= got
         return out
 
@@ -183,7 +217,7 @@ class WavMicrophone:
             else:
                 await asyncio.sleep(0)
             if self.echo is not None:
-                e = self.echo.pull(self.chunk).astype(np.float32) * self.echo.gain
+                e = self.echo.pull(self.chunk, t0 + i * dur).astype(np.float32) * self.echo.gain
                 block = np.clip(block.astype(np.float32) + e, -32768, 32767).astype(np.int16)
             self.chunks_read += 1
             yield AudioChunk(t0 + i * dur, block.astype("<i2", copy=False).tobytes(), self.rate)
@@ -193,9 +227,11 @@ class WavMicrophone:
 
 
 class _Playback:
-    """Shared barge-in bookkeeping for the speakers."""
+    """Shared barge-in bookkeeping for the speakers, and their taps: what was played, for echo simulation
+    (``WavMicrophone(echo_from=...)``) and as the reference the kiosk's echo canceller subtracts."""
 
     def __init__(self):
+        self._taps: list[EchoTap] = []
         self._gen = 0
         self._playing = 0
         self._idle: asyncio.Event | None = None
@@ -211,6 +247,12 @@ class _Playback:
     @property
     def is_playing(self) -> bool:
         return self._playing > 0
+
+    def tap(self, rate: int, gain: float = 0.5, delay_ms: float = 0.0) -> EchoTap:
+        """Everything played from now on, resampled to ``rate`` (timed when playback is real time)."""
+        t = EchoTap(rate, gain, delay_ms, timed=getattr(self, "realtime", True))
+        self._taps.append(t)
+        return t
 
     async def stop(self) -> float:
         """Barge-in: cut the current playback (and any play() waiting behind it); return the seconds it took."""
@@ -238,15 +280,9 @@ class WavSpeaker(_Playback):
         self.chunk_ms = int(chunk_ms)
         self.realtime = realtime
         self._recorded: list[np.ndarray] = []
-        self._taps: list[EchoTap] = []
         self.plays = 0
         self.cuts = 0
         self.closed = False
-
-    def tap(self, rate: int, gain: float = 0.5, delay_ms: float = 0.0) -> EchoTap:
-        t = EchoTap(rate, gain, delay_ms)
-        self._taps.append(t)
-        return t
 
     def recorded(self) -> np.ndarray:
         """Everything played so far (int16 at ``self.rate``), plays back to back."""
@@ -644,12 +680,16 @@ class PyAudioSpeaker(_Playback):
                     stream = self._stream(rate)
                 step = max(1, rate * self.chunk_ms // 1000)
                 cancelled = threading.Event()
+                refs = [(t, _resample_int16(x, rate, t.rate)) for t in self._taps]
 
                 def _write() -> bool:
                     for a in range(0, len(x), step):
                         if cancelled.is_set():
                             return False
-                        stream.write(x[a : a + step].astype("<i2").tobytes())
+                        b = min(len(x), a + step)
+                        for tap, r in refs:  # the echo canceller's reference, as it goes out
+                            tap.push(r[a * tap.rate // rate : (len(r) if b >= len(x) else b * tap.rate // rate)])
+                        stream.write(x[a:b].astype("<i2").tobytes())
                     return True
 
                 fut = asyncio.get_running_loop().run_in_executor(None, _write)

@@ -228,6 +228,12 @@ def serve(config: KioskConfig) -> int:
             kiosk.add_task(parts.watcher.run(), "kb-watch")
         kiosk.add_task(_retention(parts), "retention")
         kiosk.add_task(_announce(server_box, host, port, parts), "announce")
+        if config.get("voice.enabled"):
+            from runtime.voice.service import VoiceService
+
+            voice = VoiceService(config, parts)
+            kiosk.extra_health["voice"] = voice.health
+            kiosk.add_task(voice.run(), "voice")
         if systemd.watchdog_interval():
             kiosk.add_task(systemd.watchdog_loop(lambda: kiosk.healthz()["running"]), "watchdog")
 

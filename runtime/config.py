@@ -45,6 +45,21 @@ def _opt_path(v: Any) -> str | None:
     return None if v is None or (isinstance(v, str) and v.strip()) else f"expected a path or null, got {v!r}"
 
 
+def _opt_num(lo: float, hi: float) -> Callable[[Any], str | None]:
+    check = _num(lo, hi)
+
+    def opt(v: Any) -> str | None:
+        return None if v is None else check(v)
+
+    return opt
+
+
+def _device(v: Any) -> str | None:
+    if v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) or (isinstance(v, str) and v.strip()):
+        return None
+    return f"expected an audio device name or index (storeclerk doctor lists them), or null, got {v!r}"
+
+
 def _host(v: Any) -> str | None:
     if not isinstance(v, str) or not v:
         return f"expected an IP address or host name, got {v!r}"
@@ -112,7 +127,21 @@ SCHEMA: dict[str, Any] = {
         "queue_size": (64, _num(1, 100_000, integer=True)),
         "stage_timeout_s": (5.0, _num(0.01, 600)),
     },
-    "voice": {"enabled": (True, _bool)},
+    "voice": {
+        "enabled": (True, _bool),
+        "mode": ("open", _choice("open", "ptt")),  # open: always listening; ptt: only while the button is held
+        "microphone": (None, _device),  # PortAudio device name (substring) or index; null: the default
+        "speaker": (None, _device),
+        "asr": {
+            "engine": ("whisper", _choice("whisper", "vosk", "pocketsphinx")),
+            "vosk_model": (None, _opt_path),  # a Vosk model directory the operator provisioned (docs/asr-engines.md)
+        },
+        "captions": (True, _bool),  # live captions from pocketsphinx while the customer talks
+        "trailing_silence_ms": (500, _num(100, 3000, integer=True)),
+        # start decoding after this much silence, before the end of speech is certain (null: don't)
+        "early_decode_ms": (200, _opt_num(100, 3000)),
+        "barge_in": (True, _bool),
+    },
     "camera": {"enabled": (True, _bool)},
     "log_level": ("INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
 }

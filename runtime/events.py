@@ -24,6 +24,9 @@ class TouchText:
     turn: int
     channel: str = "touch"
     ts: float = field(default_factory=now)
+    # The audio modality of a spoken turn: (feature, value) pairs from runtime.voice.prosody (energy, pitch,
+    # speaking rate), for the fusion model's emotion and frustration cues. Empty for typed turns.
+    audio: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Understanding:
     channel: str = "touch"
     ts: float = field(default_factory=now)
     stage_ms: tuple[tuple[str, float], ...] = ()
+    audio: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

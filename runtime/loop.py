@@ -64,6 +64,7 @@ class Kiosk:
         self.store = store
         self.notifiers = list(notifiers)
         self.metrics = metrics or Metrics()
+        self.voice = None  # the VoiceStage when a microphone and speaker are configured (server: voice messages)
         self.sessions = SessionManager(idle_timeout_s, max_sessions)
         self.queue_size = queue_size
         self.stage_timeout_s = stage_timeout_s
@@ -149,7 +150,8 @@ class Kiosk:
         await self.broadcast({"type": "ended", "session": sid, "reason": reason})
         return True
 
-    async def turn(self, sid: str, text: Any, channel: str = "touch", timeout: float | None = None) -> Reply:
+    async def turn(self, sid: str, text: Any, channel: str = "touch", timeout: float | None = None,
+                   audio: tuple[tuple[str, float], ...] = ()) -> Reply:
         """One customer turn, end to end. Raises ``InputError`` for unusable input (bad session id, text
         that is not a string) and when the kiosk is too busy to take the turn."""
         if not self._running:
@@ -162,7 +164,7 @@ class Kiosk:
         text = text.replace("\x00", "")[:MAX_TEXT]
         st = await self.start_session(sid, channel)
         n = st.next_turn()
-        ev = TouchText(sid, text, n, channel)
+        ev = TouchText(sid, text, n, channel, audio=tuple(audio))
         fut = asyncio.get_running_loop().create_future()
         self._futures[(sid, n)] = fut
         wait = timeout if timeout is not None else self.stage_timeout_s * 3
@@ -216,7 +218,7 @@ class Kiosk:
                 self._query_vectors[ev.text] = emb
             out.append(Understanding(ev.session, ev.turn, ev.text, pred.intent, pred.confidence, pred.out_of_scope, ents,
                                      tuple(pred.alternatives), channel=ev.channel,
-                                     stage_ms=(("intent", (t_int - t0) * 1000),)))
+                                     stage_ms=(("intent", (t_int - t0) * 1000),), audio=ev.audio))
         return out
 
     async def _understand_stage(self) -> None:

@@ -10,6 +10,7 @@ initial prompt so "oat milk" is not heard as "old milk" (DESIGN §5).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ def whisper_model_dir() -> Path:
     return d
 
 
-def store_prompt(words: Iterable[str], limit_chars: int = 600) -> str:
+def store_prompt(words: Iterable[str], limit_chars: int = 800) -> str:
     """An initial prompt from the store's vocabulary (product names, services): Whisper continues in the
     register and spelling it has just 'seen', which biases it to the catalog without a custom model."""
     seen, out, size = set(), [], 0
@@ -66,11 +67,32 @@ def store_prompt(words: Iterable[str], limit_chars: int = 600) -> str:
     return ("At the grocery store kiosk: " + ", ".join(out) + ".") if out else ""
 
 
+def store_vocabulary(kb) -> list[str]:
+    """The store's own words for biasing recognition, most useful first (the prompt has room for ~200 tokens):
+    the product kinds ("Oat milk", "Yoghurt"), the brands, the services and the store's name, then the full
+    product names, brand first as people say them ("Oatly oat milk")."""
+    kinds = [p.coarse_name.replace("-", " ") for p in kb.products]
+    brands, full = [], []
+    for p in kb.products:
+        brand = re.search(r"\(([^)]*)\)", p.display_name)
+        base = re.sub(r"\s*\(.*?\)", "", p.display_name).strip()
+        if brand:
+            brands.append(brand.group(1))
+        full.append(f"{brand.group(1)} {base}" if brand else base)
+    services = [s.name for s in getattr(kb.store, "services", ())]
+    return [*kinds, *brands, *services, kb.store.name, *full]
+
+
+def make_whisper(vocabulary: Iterable[str] | None = None, **kw) -> WhisperRecognizer:
+    """Whisper tiny.en biased to ``vocabulary`` (see ``store_vocabulary``) with the kiosk's decoder settings."""
+    return WhisperRecognizer(prompt=store_prompt(vocabulary) if vocabulary else "", **kw)
+
+
 class WhisperRecognizer:
     name = "whisper-tiny.en"
 
     def __init__(self, model_dir: str | Path | None = None, *, device: str = "cpu", compute_type: str = "int8",
-                 threads: int = 2, prompt: str = "", beam_size: int = 1) -> None:
+                 threads: int = 2, prompt: str = "", beam_size: int = 1, chunk_length: int | None = 10) -> None:
         from faster_whisper import WhisperModel  # CTranslate2; no torch
 
         self.model_dir = Path(model_dir) if model_dir else whisper_model_dir()
@@ -79,6 +101,9 @@ class WhisperRecognizer:
         self.load_s = time.perf_counter() - t0
         self.prompt = prompt
         self.beam_size = beam_size
+        # Whisper's encoder always reads a fixed window (30 s of audio, padded). A kiosk utterance is a few
+        # seconds, so a 10-s window cuts the encoder's work by two thirds; longer speech is decoded in windows.
+        self.chunk_length = chunk_length
 
     def transcribe(self, pcm16: np.ndarray, rate: int = RATE) -> Transcript:
         if rate != RATE:
@@ -90,7 +115,10 @@ class WhisperRecognizer:
         segments, _info = self.model.transcribe(
             audio, language="en", beam_size=self.beam_size, best_of=1, temperature=0.0, without_timestamps=True,
             condition_on_previous_text=False, initial_prompt=self.prompt or None, vad_filter=False,
-            no_speech_threshold=0.6, log_prob_threshold=-1.0,
+            no_speech_threshold=0.6, log_prob_threshold=-1.0, chunk_length=self.chunk_length,
+            # A person says ~3 words (~4 tokens) a second; a cap well above that stops the decoder's repetition
+            # loops ("a read a read a read…") that a short, unclear utterance can set off, and bounds its cost.
+            max_new_tokens=int(12 + 8 * audio.size / RATE), repetition_penalty=1.1,
         )
         texts, probs = [], []
         for seg in segments:

@@ -86,7 +86,8 @@ class SpeechStart:
 @dataclass(frozen=True, slots=True)
 class SpeechEnd:
     """Speech ended at ``ts`` (end of the last speech frame). ``audio``: int16 mono at ``rate``, from
-    ``start_ts - pre_roll`` to ``ts + post_roll``. ``reason``: "silence" or "max_length"."""
+    ``start_ts - pre_roll`` to ``ts + post_roll``. ``reason``: "silence", "max_length" or "released"
+    (push-to-talk let go)."""
 
     ts: float
     start_ts: float
@@ -97,6 +98,18 @@ class SpeechEnd:
     @property
     def duration(self) -> float:
         return self.ts - self.start_ts
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechPause:
+    """The customer has been silent for ``early_ms``: the utterance *may* be over. Same fields as the
+    ``SpeechEnd`` that follows if they stay silent (identical ``ts`` and ``audio``), so a transcript started
+    now (decoding while the endpointer still waits) can be used as is; if speech resumes it is discarded."""
+
+    ts: float
+    start_ts: float
+    audio: np.ndarray
+    rate: int = SAMPLE_RATE
 
 
 class Endpointer:
@@ -110,8 +123,8 @@ class Endpointer:
     """
 
     def __init__(self, vad: SileroVAD | None = None, threshold: float = 0.5, min_speech_ms: float = 250,
-                 trailing_silence_ms: float = 500, max_utterance_s: float = 15, *, pre_roll_ms: float = 200,
-                 post_roll_ms: float = 100) -> None:
+                 trailing_silence_ms: float = 500, max_utterance_s: float = 15, *, pre_roll_ms: float = 300,
+                 post_roll_ms: float = 100, early_ms: float | None = None) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError("threshold must be in (0, 1)")
         if min_speech_ms < 0 or trailing_silence_ms <= 0 or max_utterance_s <= 0 or pre_roll_ms < 0 or post_roll_ms < 0:
@@ -125,6 +138,10 @@ class Endpointer:
         self._pre_frames = int(round(pre_roll_ms / 1000 / FRAME_S))
         self._post_frames = min(int(round(post_roll_ms / 1000 / FRAME_S)),
                                 int(self.trailing_silence_s / FRAME_S))
+        # The pause event needs the post-roll already captured, so its audio equals the final utterance's.
+        self.early_s = None if early_ms is None else max(early_ms / 1000, self._post_frames * FRAME_S)
+        if self.early_s is not None and self.early_s >= self.trailing_silence_s:
+            self.early_s = None
         self._pending = np.zeros(0, dtype=np.int16)
         self._clock = 0.0
         self._reset_state()
@@ -138,6 +155,7 @@ class Endpointer:
         self._last_speech_end = 0.0
         self._last_speech_idx = 0  # index in _frames after the last speech frame
         self._silence_s = 0.0
+        self._paused = False  # a SpeechPause was sent for the current silence
 
     def reset(self) -> None:
         """Drop any utterance in progress and the VAD state (e.g. after barge-in handling or a new session)."""
@@ -207,23 +225,49 @@ class Endpointer:
 
         if self._silence_s >= self.trailing_silence_s:
             events.append(self._finish("silence"))
+        elif self.early_s is not None and self._silence_s >= self.early_s and not self._paused:
+            self._paused = True
+            events.append(SpeechPause(self._last_speech_end, self._start_ts, self._utterance_audio()))
         elif end - self._start_ts >= self.max_utterance_s:
             events.append(self._finish("max_length"))
         return events
+
+    def restart(self, frames: list[np.ndarray], start_ts: float) -> None:
+        """Begin the utterance again at ``start_ts`` with ``frames`` (its audio from there on, all speech):
+        a barge-in decided that the customer started talking there, and whatever the endpointer had taken
+        for speech before it was the kiosk's own voice."""
+        self._reset_state()
+        self._state = "speech"
+        self._start_ts = start_ts
+        end = start_ts
+        for f in frames:
+            end += FRAME_S
+            self._add(f, speech=True, end=end)
+
+    def flush(self) -> SpeechEnd | None:
+        """End the utterance in progress now (push-to-talk released): its SpeechEnd if speech was confirmed,
+        else None; the endpointer is idle afterwards either way."""
+        if self._state == "speech":
+            return self._finish("released")
+        self._reset_state()
+        return None
 
     def _add(self, frame: np.ndarray, *, speech: bool, end: float) -> None:
         self._frames.append(np.asarray(frame, dtype=np.int16))
         if speech:
             self._speech_s += FRAME_S
             self._silence_s = 0.0
+            self._paused = False
             self._last_speech_end = end
             self._last_speech_idx = len(self._frames)
         else:
             self._silence_s += FRAME_S
 
-    def _finish(self, reason: str) -> SpeechEnd:
+    def _utterance_audio(self) -> np.ndarray:
         keep = self._frames[:min(self._last_speech_idx + self._post_frames, len(self._frames))]
-        audio = np.concatenate(keep) if keep else np.zeros(0, dtype=np.int16)
-        event = SpeechEnd(ts=self._last_speech_end, start_ts=self._start_ts, audio=audio, reason=reason)
+        return np.concatenate(keep) if keep else np.zeros(0, dtype=np.int16)
+
+    def _finish(self, reason: str) -> SpeechEnd:
+        event = SpeechEnd(ts=self._last_speech_end, start_ts=self._start_ts, audio=self._utterance_audio(), reason=reason)
         self._reset_state()
         return event

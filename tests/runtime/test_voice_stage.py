@@ -18,6 +18,7 @@ def test_spoken_question_gets_a_spoken_answer(tmp_path):
     from runtime.app import build
     from runtime.config import load_config
     from runtime.voice.asr import WhisperRecognizer, store_prompt
+    from runtime.voice.listener import Listener
     from runtime.voice.stage import VoiceStage
     from runtime.voice.tts import PiperTTS
     from runtime.voice.vad import Endpointer, SileroVAD
@@ -40,7 +41,7 @@ def test_spoken_question_gets_a_spoken_answer(tmp_path):
         await parts.kiosk.start()
         parts.kiosk.subscribe(listen)
         stage = VoiceStage(parts.kiosk, mic, speaker, WhisperRecognizer(prompt=store_prompt(["Banana"])), tts,
-                           Endpointer(SileroVAD()))
+                           Listener(Endpointer(SileroVAD())))
         try:
             await asyncio.wait_for(stage.run(), 120)
         finally:
@@ -50,11 +51,17 @@ def test_spoken_question_gets_a_spoken_answer(tmp_path):
 
     stage = asyncio.run(go())
     assert stage.turns == 1, stage.timings
-    assert stage.ignored_while_speaking >= 1  # the echo reached the microphone and was recognised as our own voice
+    # The echo reached the microphone (gain 0.8) and never became speech: cancelled, or dropped as our own voice.
+    assert stage.listener.barge_ins == 0 and stage.barge_ins == 0
+    assert stage.listener.aec.echo_power > 0  # the canceller did see the reply coming back
     assert "banana" in stage.timings[0]["transcript"].lower() and stage.timings[0]["intent"] == "product_price"
     played = speaker.recorded()
     assert played.size > 22050 and np.abs(played).max() > 1000  # about a second or more of real speech
     assert any(c["type"] == "caption" and c["final"] for c in captions)
+    states = [c["state"] for c in captions if c["type"] == "voice_state"]
+    assert {"listening", "thinking", "speaking", "idle"} <= set(states)
+    assert any(c["type"] == "reply" and c["channel"] == "voice" for c in captions)
+    assert dict(stage.timings[0]["audio"])["pitch"] > 0  # prosody went with the turn
     from runtime.store import ConversationStore
 
     with ConversationStore(tmp_path / "state" / "conversations.sqlite3", readonly=True) as s:
