@@ -88,11 +88,41 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-in-scope-rejection", type=float, default=0.01,
                    help="out-of-scope threshold: share of in-scope calibration rows it may reject (default 0.01)")
 
+    t = tsub.add_parser("products", help="fine-tune product recognition on Grocery Store photos and export INT8")
+    t.add_argument("--data", required=True, help="dataset directory (holds classes.csv; list paths are relative to it)")
+    t.add_argument("--list", required=True, help="list file: 'relative/path.jpg, fine_id, coarse_id' per line")
+    t.add_argument("--out", required=True, help="bundle directory: the 'products' model is added (or the bundle created)")
+    t.add_argument("--arch", choices=("lite0", "compact"), default="lite0",
+                   help="lite0: ImageNet EfficientNet-Lite0 (default); compact: small CNN from scratch (ablation)")
+    t.add_argument("--epochs", type=int, default=None, help="epochs in all, head-only ones included (default: by arch)")
+    t.add_argument("--size", type=int, default=None, help="input resolution (default: lite0 192, compact 160)")
+    t.add_argument("--init", default=None, help="initial weights (a product checkpoint or a state dict) instead of ImageNet")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: by arch)")
+    t.add_argument("--head-epochs", type=int, default=2, help="lite0: epochs with the backbone frozen first (default 2)")
+    t.add_argument("--holdout", type=float, default=0.1, help="share of each class held out for early stopping (0.1)")
+    t.add_argument("--time-budget-min", type=float, default=55.0,
+                   help="re-plan the epochs if they would overrun this many minutes (0: never)")
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (smoke runs)")
+    t.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    t.add_argument("--precisions", default="int8", help="comma list of fp32,int8 (default int8)")
+    t.add_argument("--keep-checkpoint", default=None, help="also keep the torch checkpoint here (python -m export.products)")
+    t.add_argument("--max-in-catalog-rejection", type=float, default=0.05,
+                   help="open-set threshold: share of held-out catalogue photos it may reject (default 0.05)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     p = sub.add_parser("eval", help="evaluate a bundle on labelled data")
     esub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     e = esub.add_parser("intents", help="accuracy, macro-F1, per-class and out-of-scope numbers")
     e.add_argument("--model", default=None, help="bundle directory (default: the embedded kiosk bundle)")
     _add_data_args(e)
+    e.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    e = esub.add_parser("products", help="fine/coarse accuracy, open-set rate and latency of the product model")
+    e.add_argument("--model", default=None, help="bundle directory (default: the embedded kiosk bundle)")
+    e.add_argument("--data", required=True, help="dataset directory (holds classes.csv)")
+    e.add_argument("--list", required=True, help="list file, e.g. val.txt")
     e.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     p = sub.add_parser("export", help="workstation stage: torch checkpoint → ONNX → INT8/FP16 → verified bundle")

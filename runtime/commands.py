@@ -126,6 +126,78 @@ def cmd_export_intents(args) -> int:
     return 0
 
 
+def cmd_train_products(args) -> int:
+    from models.products.data import load_dataset
+
+    if not 0.0 < args.holdout < 0.5:
+        raise ConfigError(f"--holdout must be in (0, 0.5): the held-out split picks the epoch and the threshold, got {args.holdout}")
+    if not 0.0 <= args.max_in_catalog_rejection < 0.5:
+        raise ConfigError(f"--max-in-catalog-rejection must be in [0, 0.5), got {args.max_in_catalog_rejection}")
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    catalog, items = load_dataset(args.data, args.list)
+
+    from export.products import PRECISIONS, export_product_model
+    from models.products.train import TrainConfig, fit
+
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise ConfigError(f"--precisions: unknown {bad}; choose from {', '.join(PRECISIONS)}")
+    cfg = TrainConfig(arch=args.arch, size=args.size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      head_epochs=args.head_epochs, holdout=args.holdout, seed=args.seed, threads=args.threads,
+                      init=args.init, max_steps=args.max_steps, time_budget_min=args.time_budget_min or None).resolved()
+    log.info("training %s at %d px on %d images (%d products, %d kinds), %d epochs", cfg.arch, cfg.size, len(items),
+             catalog.n_fine, catalog.n_coarse, cfg.epochs)
+    ckpt = fit(items, catalog, cfg, progress=not args.no_progress)
+    ckpt.meta["data"] = {"train": f"{Path(args.list).name} under {Path(args.data).name}/ ({len(items)} images; "
+                                  f"{ckpt.meta['counts']['train']} trained on, {ckpt.meta['counts']['heldout']} held out)",
+                         "dataset": "Grocery Store Dataset (Klasson et al., MIT)", "classes": catalog.source}
+    if args.keep_checkpoint:
+        ckpt.save(Path(args.keep_checkpoint))
+    manifest = export_product_model(ckpt, Path(args.out), precisions=precisions,
+                                    max_in_catalog_rejection=args.max_in_catalog_rejection,
+                                    progress=lambda m: log.info("%s", m))
+    _print_products_summary(ckpt, manifest, Path(args.out))
+    return 0
+
+
+def _print_products_summary(ckpt, manifest: dict, out: Path) -> None:
+    from rich.table import Table
+
+    e = manifest["models"]["products"]
+    m, osr = e["metrics"], e["open_set"]
+    hist = ckpt.meta
+    t = Table(title=f"storeclerk train products → {out}")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    last = ckpt.history[-1]
+    ips = [h["images_per_s"] for h in ckpt.history if h["phase"] == "full" and h.get("images_per_s")]
+    rows = [
+        ("architecture, input", f"{ckpt.arch}, {ckpt.size}x{ckpt.size}"),
+        ("products / kinds", f"{ckpt.catalog.n_fine} / {ckpt.catalog.n_coarse}"),
+        ("train / held-out images", f"{hist['counts']['train']} / {hist['counts']['heldout']}"),
+        ("epochs run (best), steps", f"{len(ckpt.history)} ({hist['best_epoch']}), {hist['steps']}; {hist['stopped']}"),
+        ("training time", f"{hist['train_seconds'] / 60:.1f} min" + (f", {ips[-1]:.1f} img/s fwd+bwd" if ips else "")),
+        ("final train loss / accuracy", f"{last['loss']:.4f} / {last['train_accuracy']:.4f}"),
+        (f"held-out fine / coarse ({m['heldout']['variant']})",
+         f"{m['heldout']['fine_accuracy']:.4f} / {m['heldout']['coarse_accuracy']:.4f} (coarse from {e['coarse_from']})"),
+    ]
+    for p, r in e["parity"].items():
+        rows.append((f"parity {p} vs {r['reference']}",
+                     f"agreement {r['agreement']:.4f}, accuracy Δ {r['accuracy_delta_points']:+.2f} pts"))
+    rows += [
+        ("open set", f"{osr['score']} < {osr['threshold']:.4f}: rejects {osr['in_catalog_rejected']:.1%} of held-out "
+                     f"products, {osr['negatives_rejected']:.1%} of negatives"),
+        ("temperature, ECE before → after", f"{osr['temperature']:.3f}, {osr['ece_before']:.4f} → {osr['ece_after']:.4f}"),
+    ]
+    for v, lat in m["latency_ms"].items():
+        rows.append((f"latency {v} (batch 1, {lat['threads']} threads)", f"p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms"))
+    size = sum(manifest["files"][v["file"]]["bytes"] for v in e["variants"].values())
+    rows.append(("model files", f"{', '.join(e['variants'])}; {size / 1e6:.1f} MB"))
+    for r in rows:
+        t.add_row(*r)
+    _console().print(t)
+
+
 # -- eval / chat ------------------------------------------------------------------------------------------
 
 def cmd_eval_intents(args) -> int:
@@ -153,6 +225,39 @@ def cmd_eval_intents(args) -> int:
     con.print("  ".join(f"{k}={res[k]}" for k in keys if k in res))
     if res["worst_confusions"]:
         con.print("worst confusions: " + ", ".join(f"{c['gold']}→{c['predicted']} ×{c['count']}" for c in res["worst_confusions"][:5]))
+    return 0
+
+
+def cmd_eval_products(args) -> int:
+    from models.products.data import load_dataset
+    from models.products.evaluate import evaluate
+    from runtime.vision.products import ProductRecognizer
+
+    bundle = _bundle_path(args.model)
+    _, items = load_dataset(args.data, args.list)
+    from runtime.bundle import load_bundle
+
+    if "products" not in load_bundle(bundle, verify=False).models:
+        raise ConfigError(f"bundle {bundle} has no product model yet: train one with 'storeclerk train products "
+                          "--data DIR --list train.txt --out BUNDLE' and pass --model BUNDLE", code="no_product_model")
+    rec = ProductRecognizer.from_bundle(bundle, providers=["cpu"])
+    res = evaluate(rec, items)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    from rich.table import Table
+
+    t = Table(title=f"eval products: {args.list} ({res['n']} photos)")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k in ("accuracy", "coarse_accuracy", "top5_accuracy", "macro_accuracy", "unknown_rate",
+              "accuracy_when_accepted", "wrong_rejected", "latency_ms_p50", "latency_ms_p95", "model_latency_ms_p50"):
+        t.add_row(k, str(res[k]))
+    con = _console()
+    con.print(t)
+    if res["worst_confusions"]:
+        con.print("worst confusions: " + ", ".join(f"{c['gold']}→{c['predicted']} ×{c['count']}"
+                                                  for c in res["worst_confusions"][:5]))
     return 0
 
 

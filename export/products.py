@@ -1,0 +1,473 @@
+"""The product model: checkpoint → ONNX (opset 17, dynamic batch) → static INT8 (QDQ) → parity → open-set
+calibration on the deployed variant → the ``products`` entry of a bundle.
+
+    python -m export.products --checkpoint build/products/checkpoint.pt --bundle models/bundles/kiosk
+
+``storeclerk train products`` calls :func:`export_product_model` on the bundle it writes. An existing bundle
+keeps every other model byte for byte (it must verify first; the manifest is rewritten by
+``runtime.bundle.write_manifest`` in a staging directory that is then swapped in, as ``export/retrieval.py``
+does); a missing one is created with the product model alone.
+
+INT8: static, QDQ format, weights per output channel (QInt8), activations QUInt8 with ranges from
+:data:`N_CALIBRATION` preprocessed *training* photos (class-stratified; the held-out split only judges).
+Unlike the text models, a CNN's activations do not change range with the input length, so calibrated static
+ranges beat dynamic quantisation on CPU (no per-call range computation, integer convolutions end to end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export import parity, steps
+from models.products.train import ProductCheckpoint
+from runtime.errors import ExportError
+
+log = logging.getLogger("storeclerk.export")
+
+MODEL_NAME = "products"
+INPUT = "image"
+OUTPUTS = ("fine_logits", "coarse_logits")
+PRECISIONS = ("fp32", "int8")
+N_CALIBRATION = 240
+NEGATIVES_PER_KIND = 60
+# fp32 ONNX must match torch. INT8's requirement is accuracy within one point of fp32 (DESIGN §6), or two
+# images on a small held-out split; its agreement bound only catches a broken graph: a barely trained model
+# has near-tied logits whose order INT8 may swap without costing accuracy (a 96-px smoke model: 93 %
+# agreement at equal accuracy; a 192-px one: 99 %).
+BOUNDS = {"fp32": {"agreement": 0.995, "max_accuracy_drop": 0.2},
+          "int8": {"agreement": 0.90, "max_accuracy_drop": 1.0}}
+# INT8 recipes tried in order until one passes parity. This CPU class (AVX2, no VNNI) multiplies u8 activations
+# by s8 weights with VPMADDUBSW, whose int16 pair sums saturate; the stem convolution (full-range image input,
+# 27-tap kernels) is where that bites, so it stays fp32 (measured on a Lite0 smoke model: all-INT8 lost
+# 7 points, stem in fp32 lost none). 7-bit weights (reduce_range) avoid the saturation everywhere else.
+INT8_RECIPES = (
+    ("stem conv kept fp32", {"exclude": ("stem",)}),
+    ("stem conv kept fp32, 7-bit weights", {"exclude": ("stem",), "reduce_range": True}),
+    ("stem conv and heads kept fp32, 7-bit weights", {"exclude": ("stem", "heads"), "reduce_range": True}),
+)
+
+
+# --- steps -----------------------------------------------------------------------------------------------------
+
+
+class _Named(torch.nn.Module):
+    """Names the graph's input ``image`` and its outputs (fine_logits, coarse_logits): the bundle's contract."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        return self.model(image)
+
+
+def onnx_from_model(model, out: Path, size: int, opset: int = steps.DEFAULT_OPSET) -> Path:
+    import onnx
+
+    if opset < steps.MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: the bundle needs opset ≥ {steps.MIN_OPSET}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros((2, 3, size, size), dtype=torch.float32)
+    axes = {INPUT: {0: "batch"}, **{o: {0: "batch"} for o in OUTPUTS}}
+    with warnings.catch_warnings():
+        # Same exporter as the text models (export/steps.py): the dynamo one needs onnxscript.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Named(model).eval(), (dummy,), str(out), input_names=[INPUT], output_names=list(OUTPUTS),
+                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+    onnx.checker.check_model(str(out))
+    return out
+
+
+class _Reader:
+    """onnxruntime.quantization's calibration data reader over preprocessed images."""
+
+    BATCH = 16
+
+    def __init__(self, x: np.ndarray, batch: int = BATCH):
+        self.x, self.batch, self.i = x, batch, 0
+
+    def get_next(self):
+        if self.i >= len(self.x):
+            return None
+        b = self.x[self.i : self.i + self.batch]
+        self.i += self.batch
+        return {INPUT: b}
+
+    def rewind(self):
+        self.i = 0
+
+
+def sensitive_nodes(path: Path, which: Sequence[str]) -> list[str]:
+    """Names of the stem convolution (the first Conv) and/or the classifier heads (Gemm/MatMul nodes)."""
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    out: list[str] = []
+    if "stem" in which:
+        out += [n.name for n in nodes if n.op_type == "Conv"][:1]
+    if "heads" in which:
+        out += [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
+    return out
+
+
+def int8_static(src: Path, out: Path, calib_x: np.ndarray, exclude: Sequence[str] = (), reduce_range: bool = False,
+                method: str = "MinMax") -> tuple[Path, list[str]]:
+    """Static QDQ INT8; returns the model and the nodes left in fp32."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prep = out.with_suffix(".prep.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser logs advice per node on the root logger
+    try:
+        try:
+            # Folds batch norms into convolutions first, so each conv gets one weight scale per channel.
+            quant_pre_process(str(src), str(prep), skip_symbolic_shape=True)
+        except Exception as exc:  # noqa: BLE001 - the plain graph still quantises, a little less well
+            log.info("quantisation pre-processing failed (%s); quantising the exported graph", exc)
+            shutil.copyfile(src, prep)
+        kept = sensitive_nodes(prep, exclude)
+        # Equal batches: the histogram calibrators stack per-batch arrays and fail on a ragged last batch.
+        n = max(_Reader.BATCH, len(calib_x) - len(calib_x) % _Reader.BATCH)
+        quantize_static(str(prep), str(out), _Reader(calib_x[:n]), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, method), nodes_to_exclude=kept)
+    finally:
+        root.setLevel(level)
+        prep.unlink(missing_ok=True)
+    return out, kept
+
+
+def ort_session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def ort_logits(path: Path, x: np.ndarray, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    sess = ort_session(path)
+    fine, coarse = [], []
+    for s in range(0, len(x), batch):
+        f, c = sess.run(list(OUTPUTS), {INPUT: x[s : s + batch]})
+        fine.append(f)
+        coarse.append(c)
+    return np.concatenate(fine), np.concatenate(coarse)
+
+
+def compare(variant: str, ref_fine: np.ndarray, fine: np.ndarray, y: np.ndarray,
+            reference: str = "torch") -> parity.ParityReport:
+    """Top-1 agreement with the reference and the held-out accuracy drop, against ``BOUNDS``."""
+    r = parity.ParityReport(variant, len(ref_fine))
+    a = ref_fine / np.maximum(np.linalg.norm(ref_fine, axis=1, keepdims=True), 1e-12)
+    b = fine / np.maximum(np.linalg.norm(fine, axis=1, keepdims=True), 1e-12)
+    cos = (a * b).sum(1)
+    r.mean_cosine, r.min_cosine = float(cos.mean()), float(cos.min())
+    r.max_abs_diff_logits = float(np.abs(ref_fine - fine).max())
+    r.agreement = float((ref_fine.argmax(1) == fine.argmax(1)).mean())
+    r.accuracy = float((fine.argmax(1) == y).mean())
+    r.torch_accuracy = float((ref_fine.argmax(1) == y).mean())
+    bounds = BOUNDS[variant]
+    drop = 100 * (r.torch_accuracy - r.accuracy)
+    allowed = max(bounds["max_accuracy_drop"], 100 * 2 / max(1, len(y)))
+    if drop > allowed:
+        r.problems.append(f"accuracy {100 * r.accuracy:.2f}% is {drop:.2f} points below {reference} (allowed {allowed:.2f})")
+    min_agree = min(bounds["agreement"], 1 - 3 / max(1, len(y)))  # three flips on a tiny split are not a verdict
+    if r.agreement < min_agree:
+        r.problems.append(f"top-1 agreement with {reference} {r.agreement:.4f} < {min_agree:.4f}")
+    r.passed = not r.problems
+    return r
+
+
+def _report(r: parity.ParityReport, reference: str) -> dict:
+    d = {k: v for k, v in r.as_dict().items() if k not in ("max_abs_diff_embedding", "torch_accuracy")}
+    d["reference"] = reference
+    d["reference_accuracy"] = round(r.torch_accuracy, 6)
+    d["accuracy_delta_points"] = round(100 * (r.accuracy - r.torch_accuracy), 3)
+    return d
+
+
+def latency_ms(path: Path, size: int, threads: int = 2, runs: int = 60) -> dict:
+    """Batch-1 latency of the model alone on CPU, ``threads`` intra-op threads (the kiosk budget's 2 cores)."""
+    sess = ort_session(path, threads)
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    for _ in range(5):
+        sess.run(list(OUTPUTS), {INPUT: x})
+    t = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(list(OUTPUTS), {INPUT: x})
+        t.append((time.perf_counter() - t0) * 1000)
+    t.sort()
+    return {"p50": round(statistics.median(t), 3), "p95": round(t[int(0.95 * (len(t) - 1))], 3), "runs": runs,
+            "threads": threads, "batch": 1}
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+
+    try:
+        from runtime import __version__ as sc
+    except ImportError:  # a same-named namespace directory (tests/runtime under pytest) shadows the package root
+        from importlib.metadata import version
+
+        sc = version("storeclerk")
+    return {"storeclerk": sc, "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _images(items, params: dict) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The kiosk's preprocessing on the original files (BGR as read), plus the decoded images."""
+    from runtime.errors import InputError
+    from runtime.vision.images import load_image
+    from runtime.vision.products import preprocess
+
+    imgs = []
+    for it in items:
+        try:
+            imgs.append(load_image(it.path))
+        except InputError as exc:
+            raise ExportError(f"{it.path} (line {it.line}): {exc.message}") from exc
+    return np.stack([preprocess(im, params) for im in imgs]), imgs
+
+
+# --- the whole stage -------------------------------------------------------------------------------------------
+
+
+def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: Sequence[str] = ("int8",),
+                         opset: int = steps.DEFAULT_OPSET, max_in_catalog_rejection: float = 0.05,
+                         negatives_per_kind: int = NEGATIVES_PER_KIND, negatives_dirs: Sequence[str] = (),
+                         bundle_name: str | None = None, extra_meta: dict | None = None,
+                         progress: Callable[[str], None] | None = None) -> dict:
+    """Add (or replace) the ``products`` model in ``bundle_dir`` (created if missing); returns the manifest."""
+    from models.calibrate import expected_calibration_error, fit_temperature, softmax
+    from models.products import openset
+    from runtime.bundle import load_bundle, write_manifest
+    from runtime.vision.products import open_set_score
+
+    say = progress or (lambda m: log.info("%s", m))
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise ExportError(f"unknown precision {bad}; choose from {list(PRECISIONS)}")
+    if not ckpt.heldout:
+        raise ExportError("the checkpoint has no held-out images to check parity and calibrate on (train with a hold-out)")
+    bundle_dir = Path(bundle_dir)
+    old = None
+    if (bundle_dir / "manifest.json").exists():
+        try:
+            old = load_bundle(bundle_dir, verify=True)
+        except Exception as exc:
+            raise ExportError(f"{bundle_dir}: cannot add a model to a bundle that does not verify: {exc}") from exc
+    elif bundle_dir.exists() and any(bundle_dir.iterdir()):
+        raise ExportError(f"{bundle_dir} exists, is not empty and holds no bundle: refusing to overwrite it")
+    prefix = f"{MODEL_NAME}/"
+    keep = {}
+    if old is not None:
+        keep = {rel: e for rel, e in old.manifest["files"].items() if not rel.startswith(prefix)}
+        for name, spec in old.models.items():
+            if name != MODEL_NAME and any(v.file.startswith(prefix) for v in spec.variants.values()):
+                raise ExportError(f"model {name!r} keeps files under {prefix}: refusing to overwrite them")
+
+    params = dict(ckpt.preprocess)
+    say(f"preprocessing {len(ckpt.heldout)} held-out and {min(len(ckpt.calibration), N_CALIBRATION)} calibration images")
+    x_held, held_bgr = _images(ckpt.heldout, params)
+    y = np.array([i.fine for i in ckpt.heldout])
+    yc = np.array([i.coarse for i in ckpt.heldout])
+    x_cal, _ = _images(ckpt.calibration[:N_CALIBRATION], params)
+    model = ckpt.model()
+    from models.products.train import torch_logits
+
+    ref_fine, _ = torch_logits(model, x_held)
+
+    with tempfile.TemporaryDirectory(prefix="storeclerk-export-") as tmpd:
+        tmp = Path(tmpd)
+        say(f"torch → ONNX (opset {opset}, dynamic batch)")
+        fp32 = onnx_from_model(model, tmp / "model.fp32.onnx", ckpt.size, opset)
+        outs = {"fp32": ort_logits(fp32, x_held)}
+        reports = {"fp32": compare("fp32", ref_fine, outs["fp32"][0], y, "torch")}
+        files = {"fp32": fp32}
+        quant = None
+        if "int8" in precisions:
+            for recipe, opts in INT8_RECIPES:
+                say(f"static INT8 (QDQ, per-channel, MinMax on {len(x_cal)} training images; {recipe})")
+                files["int8"], kept = int8_static(fp32, tmp / "model.int8.onnx", x_cal, opts["exclude"],
+                                                  opts.get("reduce_range", False))
+                outs["int8"] = ort_logits(files["int8"], x_held)
+                reports["int8"] = compare("int8", outs["fp32"][0], outs["int8"][0], y, "fp32")
+                quant = {"mode": "static", "format": "QDQ", "per_channel": True, "weight_type": "QInt8",
+                         "activation_type": "QUInt8", "calibration_method": "MinMax", "recipe": recipe,
+                         "reduce_range": bool(opts.get("reduce_range")), "fp32_nodes": kept,
+                         "calibration_images": len(x_cal), "tool": "onnxruntime.quantization.quantize_static",
+                         "graph": "quant_pre_process (ORT optimisation, batch norms folded)"}
+                if reports["int8"].passed:
+                    break
+                say(f"int8 ({recipe}) misses parity: {'; '.join(reports['int8'].problems)}")
+        say("parity: " + ", ".join(f"{p} agreement {r.agreement:.4f}, accuracy {r.accuracy:.4f} (ref {r.torch_accuracy:.4f})"
+                                   for p, r in reports.items()))
+        failed = {p: r for p, r in reports.items() if p in precisions or p == "fp32"}
+        failed = {p: r for p, r in failed.items() if not r.passed}
+        if failed:
+            lines = [f"  {p}: {'; '.join(r.problems)}" for p, r in failed.items()]
+            raise ExportError(f"product model parity check failed; {bundle_dir} not changed:\n" + "\n".join(lines),
+                              code="parity")
+
+        deployed = "int8" if "int8" in precisions else precisions[0]
+        fine, coarse = outs[deployed]
+        say(f"open-set calibration on the {deployed} variant")
+        temperature = fit_temperature(fine.astype(np.float64), y)
+        neg_imgs, neg_kinds = openset.negatives(held_bgr, negatives_per_kind, seed=0, extra_dirs=negatives_dirs)
+        from runtime.vision.products import preprocess
+
+        neg_fine, _ = ort_logits(files[deployed], np.stack([preprocess(im, params) for im in neg_imgs]))
+        kinds = ("max_prob", "neg_energy")
+        in_s = {k: open_set_score(fine.astype(np.float64), temperature, k) for k in kinds}
+        neg_s = {k: open_set_score(neg_fine.astype(np.float64), temperature, k) for k in kinds}
+        rule = openset.fit_rule(in_s, neg_s, neg_kinds, max_in_catalog_rejection, correct=fine.argmax(1) == y)
+        from runtime.vision.products import coarse_from_fine
+
+        probs = softmax(fine.astype(np.float64) / temperature)
+        coarse_from = ckpt.meta.get("coarse_from", "fine_sum")
+        cpred = (coarse.argmax(1) if coarse_from == "head"
+                 else coarse_from_fine(probs, ckpt.catalog.fine_to_coarse, ckpt.catalog.n_coarse).argmax(1))
+        open_set = {
+            "temperature": round(float(temperature), 5),
+            "ece_before": round(expected_calibration_error(softmax(fine.astype(np.float64)), y), 5),
+            "ece_after": round(expected_calibration_error(probs, y), 5),
+            **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in rule.items()},
+            "fitted_on_variant": deployed,
+            "negatives": f"{negatives_per_kind} each of {', '.join(sorted(set(neg_kinds)))} (models/products/openset.py): "
+                         "small crops and 4x4 jigsaws of held-out photos, crops of scikit-learn's sample photos"
+                         f"{' and ' + ', '.join(map(str, negatives_dirs)) if negatives_dirs else ''}, flat colours/noise",
+        }
+        lat = latency_ms(files[deployed], ckpt.size)
+        say(f"latency ({deployed}, batch 1, 2 threads): p50 {lat['p50']:.2f} ms")
+
+        out_parent = (old.root.parent if old is not None else bundle_dir.resolve().parent)
+        out_parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_parent))
+        stage.chmod(0o755)  # mkdtemp makes it private; the kiosk's service user must read the bundle
+        try:
+            for rel in keep:
+                (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(old.root / rel, stage / rel)
+            (stage / MODEL_NAME).mkdir()
+            variants = {}
+            for prec in precisions:
+                rel = f"{MODEL_NAME}/model.{prec}.onnx"
+                shutil.copyfile(files[prec], stage / rel)
+                variants[prec] = {"file": rel, "precision": prec, "opset": steps.opset_of(files[prec])}
+                if prec == "int8":
+                    variants[prec]["quantization"] = quant
+            cat = ckpt.catalog
+            heldout_metrics = {
+                "n": int(len(y)),
+                "fine_accuracy": round(float((fine.argmax(1) == y).mean()), 4),
+                "coarse_accuracy": round(float((cpred == yc).mean()), 4),
+                "variant": deployed,
+                "split": "held-out part of the training list (never trained on; used for early stopping, "
+                         "temperature and threshold, so optimistic for unseen photos: see eval on val.txt)",
+            }
+            entry = {
+                "task": "image-classification",
+                "variants": variants,
+                "default_variant": deployed,
+                "inputs": [{"name": INPUT, "dtype": "float32", "shape": ["batch", 3, ckpt.size, ckpt.size]}],
+                "outputs": [{"name": "fine_logits", "dtype": "float32", "shape": ["batch", cat.n_fine]},
+                            {"name": "coarse_logits", "dtype": "float32", "shape": ["batch", cat.n_coarse]}],
+                "labels": cat.as_dict(),
+                "preprocess": {**params, "note": "BGR frame → centre square of crop_fraction × short side → resize "
+                                                 "→ RGB → (x - mean) / std (runtime.vision.products.preprocess)"},
+                "coarse_from": coarse_from,
+                "open_set": open_set,
+                "parity": {p: _report(r, "torch" if p == "fp32" else "fp32") for p, r in reports.items()},
+                "metrics": {"heldout": heldout_metrics, "latency_ms": {deployed: lat},
+                            "training_heldout_torch": ckpt.meta.get("heldout")},
+                "arch": ckpt.arch,
+                "provenance": ckpt.meta.get("provenance"),
+                "training": {k: ckpt.meta.get(k) for k in ("config", "augmentation", "best_epoch", "stopped",
+                                                          "train_seconds", "steps", "counts", "init", "machine")}
+                            | {"history": ckpt.history},
+                "data": {**(ckpt.meta.get("data") or {}),
+                         "calibration": f"INT8 ranges: {len(x_cal)} class-stratified training-split photos; temperature "
+                                        f"and open-set threshold: the {len(y)} held-out photos + generated negatives"},
+                "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "producer": _versions(),
+                **(extra_meta or {}),
+            }
+            if old is not None:
+                manifest = {k: v for k, v in old.manifest.items() if k != "files"}
+                manifest["models"] = {**{k: v for k, v in old.manifest["models"].items() if k != MODEL_NAME},
+                                      MODEL_NAME: entry}
+            else:
+                from runtime.bundle import FORMAT, FORMAT_VERSION
+
+                manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": bundle_name or bundle_dir.name,
+                            "created_utc": entry["created_utc"], "producer": entry["producer"],
+                            "models": {MODEL_NAME: entry}}
+            written = write_manifest(stage, manifest)
+            changed = [rel for rel, e in keep.items() if written["files"].get(rel) != e]
+            if changed:  # a copy went wrong: never bless it with a fresh hash
+                raise ExportError(f"copying the bundle changed {changed}; {bundle_dir} not changed")
+            load_bundle(stage, verify=True)
+            if old is not None:
+                from export.retrieval import _swap_in
+
+                _swap_in(stage, old.root)
+            else:
+                stage.rename(bundle_dir)
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+    return written
+
+
+# --- command line ----------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m export.products", description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True, help="a product checkpoint (storeclerk train products --keep-checkpoint)")
+    ap.add_argument("--bundle", required=True, help="bundle directory to add the 'products' model to (created if missing)")
+    ap.add_argument("--precisions", default="int8", help="comma list of fp32,int8 (default int8)")
+    ap.add_argument("--opset", type=int, default=steps.DEFAULT_OPSET)
+    ap.add_argument("--max-in-catalog-rejection", type=float, default=0.05)
+    ap.add_argument("--negatives", action="append", default=[], help="extra folder of non-catalogue photos (repeatable)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    t0 = time.perf_counter()
+    try:
+        ckpt = ProductCheckpoint.load(args.checkpoint)
+        manifest = export_product_model(ckpt, Path(args.bundle), [p for p in args.precisions.split(",") if p],
+                                        args.opset, args.max_in_catalog_rejection, negatives_dirs=args.negatives,
+                                        progress=lambda m: print(f"{time.perf_counter() - t0:6.1f}s {m}", file=sys.stderr))
+    except Exception as exc:  # noqa: BLE001 - StoreclerkError and friends: one line for the operator
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    e = manifest["models"][MODEL_NAME]
+    print(f"{args.bundle}: products {', '.join(e['variants'])}; held-out fine {e['metrics']['heldout']['fine_accuracy']}"
+          f", coarse {e['metrics']['heldout']['coarse_accuracy']}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())
