@@ -3,6 +3,8 @@
     python bench/run.py                 # everything (the intent training runs take ~30 min on 2 cores)
     python bench/run.py --skip-training # no intent training runs (their last results are kept)
     python bench/run.py --only-runtime  # only the kiosk runtime and KB retrieval benchmarks
+    python bench/run.py --only-voice    # only the voice benchmarks (spoken set, latency, barge-in; ~25 min)
+    python bench/run.py --skip-voice    # everything but the voice benchmarks (their last results are kept)
 
 Benchmarks never fail on timing: each target is reported as met or not met, with the measured median.
 """
@@ -203,11 +205,99 @@ def render(text: dict | None, domains: dict | None, started: str, runtime: dict 
     return "\n".join(lines) + "\n"
 
 
+def run_voice() -> dict | None:
+    """Spoken set (made once, reproducibly), WER/intent on its test part, latency, 10-minute duplex session."""
+    vs = REPO / "build" / "voice_set"
+    steps = [] if (vs / "manifest.csv").exists() else [["voice_set.py"]]
+    steps += [["voice_eval.py", "--split", "test", "--out", str(RESULTS / "voice_eval_test.json")],
+              ["voice_latency.py", "--json", str(RESULTS / "voice_latency.json")]]
+    for step in steps:
+        print(f"[bench] {' '.join(step)} …", flush=True)
+        p = subprocess.run([sys.executable, str(REPO / "bench" / step[0]), *step[1:]], cwd=REPO, env=ENV, timeout=7200)
+        if p.returncode != 0:
+            print(f"[bench] {step[0]} failed", file=sys.stderr)
+            return None
+    print("[bench] voice_duplex.py (10-minute session) …", flush=True)
+    duplex, err = script("voice_duplex.py", "--minutes", "10", "--json")
+    if duplex is None:
+        print(f"[bench] voice_duplex failed: {err}", file=sys.stderr)
+        return None
+    return assemble_voice(duplex)
+
+
+def render_voice(v: dict | None) -> list[str]:
+    if not v:
+        return []
+    g, lat, d = v["eval"]["groups"], v["latency"], v["duplex"]
+    early = lat["early decode at 200 ms (default)"]
+    plain = lat["decode after the end of speech"]
+    cl, nz = g["clean"], g["noisy"]
+    lines = ["", f"## Voice (`bench/voice_*.py`, measured {v.get('_measured_utc', '?')} UTC)", "",
+             f"Spoken test set: {cl['n']} clean + {nz['n']} noisy files (240 held-out sentences × 2 voices; noise: "
+             "six-talker synthetic babble + pink noise at 10 dB SNR). Whisper tiny.en, greedy, store-word prompt. "
+             "Details: [voice.md](voice.md).", "",
+             "| group | n | WER | intent, spoken | intent, same text |", "| --- | ---: | ---: | ---: | ---: |"]
+    for k, x in g.items():
+        sp = "–" if x["intent_spoken"] is None else f"{x['intent_spoken']:.3f}"
+        tx = "–" if x["intent_text"] is None else f"{x['intent_text']:.3f}"
+        lines.append(f"| {k} | {x['n']} | {x['wer']:.3f} | {sp} | {tx} |")
+    gap_c = cl["intent_text"] - cl["intent_spoken"]
+    gap_n = nz["intent_text"] - nz["intent_spoken"]
+    lines += ["", "| target | measured | |", "| --- | --- | --- |",
+              f"| WER clean ≤ 12% | {cl['wer']:.1%} | {fmt_target(cl['wer'] <= 0.12)} |",
+              f"| WER noisy (10 dB) ≤ 20% | {nz['wer']:.1%} | {fmt_target(nz['wer'] <= 0.20)} |",
+              f"| spoken intent within 5 points of text, clean | {gap_c * 100:.1f} points | {fmt_target(gap_c <= 0.05)} |",
+              f"| spoken intent within 10 points of text, noisy | {gap_n * 100:.1f} points | {fmt_target(gap_n <= 0.10)} |",
+              f"| end of speech → first reply audio p50 ≤ 1,000 ms | {early['first_audio']['p50']:.0f} ms (p90 "
+              f"{early['first_audio']['p90']:.0f}); without early decoding {plain['first_audio']['p50']:.0f} ms | "
+              f"{fmt_target(early['first_audio']['p50'] <= 1000)} |",
+              f"| TTS real-time factor ≤ 0.1, first audio ≤ 250 ms | RTF {lat['piper']['rtf_p50']}, first audio "
+              f"{lat['piper']['first_audio_ms_p50']:.0f} ms | "
+              f"{fmt_target(lat['piper']['rtf_p50'] <= 0.1 and lat['piper']['first_audio_ms_p50'] <= 250)} |",
+              f"| barge-in stops playback ≤ 200 ms | p50 {d['barge_in_ms_p50']} ms, p90 {d['barge_in_ms_p90']}, max "
+              f"{d['barge_in_ms_max']} ({d['barge_ins_detected']} of {d['barge_in_turns']} interruptions) | "
+              f"{fmt_target((d['barge_in_ms_p90'] or 1e9) <= 200)} |",
+              f"| zero self-triggers over 10 simulated minutes | {d['self_triggers']} ({d['kiosk_speech_s']} s of the "
+              f"kiosk's speech in its microphone, ERLE {d['erle_db']} dB) | {fmt_target(d['self_triggers'] == 0)} |",
+              "", f"Latency over {lat['n']} dev utterances, ms from the end of speech (p50): endpoint "
+              f"{early['end_of_speech']['p50']:.0f}, Whisper decode {early['asr_ms']['p50']:.0f}, transcript ready "
+              f"{early['asr_final']['p50']:.0f}, first audio {early['first_audio']['p50']:.0f}."]
+    return lines
+
+
+def load_stamp() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def assemble_voice(duplex: dict) -> dict:
+    ev = json.loads((RESULTS / "voice_eval_test.json").read_text())
+    out = {"eval": {"groups": ev["groups"], "machine": ev["machine"]},
+           "latency": json.loads((RESULTS / "voice_latency.json").read_text()), "duplex": duplex,
+           "_measured_utc": load_stamp()}
+    (RESULTS / "voice.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-training", action="store_true", help="no intent-domain training runs")
     ap.add_argument("--only-runtime", action="store_true", help="only the kiosk runtime and KB retrieval benchmarks")
+    ap.add_argument("--only-voice", action="store_true", help="only the voice benchmarks")
+    ap.add_argument("--skip-voice", action="store_true", help="no voice benchmarks (their last results are kept)")
+    ap.add_argument("--render-only", action="store_true", help="rewrite docs/benchmarks.md from bench/results/")
     args = ap.parse_args()
+    if args.render_only:
+        load = lambda n: json.loads((RESULTS / n).read_text()) if (RESULTS / n).exists() else None  # noqa: E731
+        import re
+
+        old = (REPO / "docs" / "benchmarks.md").read_text() if (REPO / "docs" / "benchmarks.md").exists() else ""
+        m = re.search(r"on (\d{4}-\d\d-\d\d \d\d:\d\d) UTC", old)  # keep when the other sections were measured
+        doc = render(load("text.json"), load("intent_domains.json"), m.group(1) if m else "?", load("runtime.json"),
+                     load("kb_retrieval.json")) + "\n".join(render_voice(load("voice.json"))) + "\n"
+        (REPO / "docs" / "benchmarks.md").write_text(doc)
+        return 0
+    if args.only_voice:
+        args.only_runtime = True
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
     RESULTS.mkdir(parents=True, exist_ok=True)
     # Three separate processes: absolute times move with the machine's load from run to run (seen here:
@@ -239,19 +329,32 @@ def main() -> int:
             print(f"[bench] {SHARED}/clinc150 not found: skipping the intent-domain runs", file=sys.stderr)
     elif (RESULTS / "intent_domains.json").exists():
         domains = json.loads((RESULTS / "intent_domains.json").read_text())
-    print("[bench] kiosk runtime (in process, then 20 HTTP clients) …", flush=True)
-    runtime, err = script("kiosk_bench.py", "--json")
-    if runtime is None:
-        print(f"[bench] kiosk_bench failed: {err}", file=sys.stderr)
-    print("[bench] knowledge-base retrieval …", flush=True)
-    kb, err = script("kb_retrieval.py", "--split", "all", "--json")
-    if kb is None:
-        print(f"[bench] kb_retrieval failed: {err}", file=sys.stderr)
-    elif (RESULTS / "kb_retrieval.json").exists():
-        kb = json.loads((RESULTS / "kb_retrieval.json").read_text())
-    (REPO / "docs" / "benchmarks.md").write_text(render(text, domains, started, runtime, kb))
+    runtime = kb = None
+    if args.only_voice:
+        runtime = json.loads((RESULTS / "runtime.json").read_text()) if (RESULTS / "runtime.json").exists() else None
+        kb = json.loads((RESULTS / "kb_retrieval.json").read_text()) if (RESULTS / "kb_retrieval.json").exists() else None
+    else:
+        print("[bench] kiosk runtime (in process, then 20 HTTP clients) …", flush=True)
+        runtime, err = script("kiosk_bench.py", "--json")
+        if runtime is None:
+            print(f"[bench] kiosk_bench failed: {err}", file=sys.stderr)
+        else:
+            (RESULTS / "runtime.json").write_text(json.dumps(runtime, indent=2))
+        print("[bench] knowledge-base retrieval …", flush=True)
+        kb, err = script("kb_retrieval.py", "--split", "all", "--json")
+        if kb is None:
+            print(f"[bench] kb_retrieval failed: {err}", file=sys.stderr)
+        elif (RESULTS / "kb_retrieval.json").exists():
+            kb = json.loads((RESULTS / "kb_retrieval.json").read_text())
+    voice = None
+    if not args.skip_voice:
+        voice = run_voice()
+    elif (RESULTS / "voice.json").exists():
+        voice = json.loads((RESULTS / "voice.json").read_text())
+    doc = render(text, domains, started, runtime, kb) + "\n".join(render_voice(voice)) + ("\n" if voice else "")
+    (REPO / "docs" / "benchmarks.md").write_text(doc)
     print("[bench] wrote docs/benchmarks.md", flush=True)
-    return 0 if text is not None and runtime is not None and kb is not None else 1
+    return 0 if text is not None and runtime is not None and kb is not None and (args.skip_voice or voice) else 1
 
 
 if __name__ == "__main__":

@@ -75,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt", choices=("store", "none"), default="store")
     ap.add_argument("--trailing-ms", type=int, default=None, help="endpointer trailing silence (default: config)")
     ap.add_argument("--limit", type=int, default=0)
-    ap.add_argument("--chunk-length", type=int, default=10, help="Whisper window in seconds (30: the model's own)")
     ap.add_argument("--beam", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -95,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = rows[: args.limit]
     kb = KnowledgeBase.load(data_dir() / "kb")
     if args.engine == "whisper":
-        asr = make_whisper(store_vocabulary(kb) if args.prompt == "store" else None, chunk_length=args.chunk_length,
-                           beam_size=args.beam)
+        asr = make_whisper(store_vocabulary(kb) if args.prompt == "store" else None, beam_size=args.beam)
     else:
         from runtime.voice.engines import make_recognizer
 

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = rows[: args.n]
     wavs = [args.set / r["path"] for r in rows]
     out: dict = {"n": len(wavs), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
+    voice_turns(wavs[:3])  # warm-up (page cache, first Whisper and Piper calls), not timed
     for name, early in (("early decode at 200 ms (default)", -1), ("decode after the end of speech", None)):
         with tqdm(total=len(wavs), desc=name, unit="utt") as bar:
             res = voice_turns(wavs, early_decode_ms=early, on_result=lambda _r, b=bar: b.update())

@@ -92,7 +92,7 @@ class WhisperRecognizer:
     name = "whisper-tiny.en"
 
     def __init__(self, model_dir: str | Path | None = None, *, device: str = "cpu", compute_type: str = "int8",
-                 threads: int = 2, prompt: str = "", beam_size: int = 1, chunk_length: int | None = 10) -> None:
+                 threads: int = 2, prompt: str = "", beam_size: int = 1) -> None:
         from faster_whisper import WhisperModel  # CTranslate2; no torch
 
         self.model_dir = Path(model_dir) if model_dir else whisper_model_dir()
@@ -101,9 +101,6 @@ class WhisperRecognizer:
         self.load_s = time.perf_counter() - t0
         self.prompt = prompt
         self.beam_size = beam_size
-        # Whisper's encoder always reads a fixed window (30 s of audio, padded). A kiosk utterance is a few
-        # seconds, so a 10-s window cuts the encoder's work by two thirds; longer speech is decoded in windows.
-        self.chunk_length = chunk_length
 
     def transcribe(self, pcm16: np.ndarray, rate: int = RATE) -> Transcript:
         if rate != RATE:
@@ -115,7 +112,7 @@ class WhisperRecognizer:
         segments, _info = self.model.transcribe(
             audio, language="en", beam_size=self.beam_size, best_of=1, temperature=0.0, without_timestamps=True,
             condition_on_previous_text=False, initial_prompt=self.prompt or None, vad_filter=False,
-            no_speech_threshold=0.6, log_prob_threshold=-1.0, chunk_length=self.chunk_length,
+            no_speech_threshold=0.6, log_prob_threshold=-1.0,
             # A person says ~3 words (~4 tokens) a second; a cap well above that stops the decoder's repetition
             # loops ("a read a read a read…") that a short, unclear utterance can set off, and bounds its cost.
             max_new_tokens=int(12 + 8 * audio.size / RATE), repetition_penalty=1.1,
