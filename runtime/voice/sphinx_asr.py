@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import ConfigError, InputError
-from runtime.voice.asr import RATE, Transcript
+from runtime.voice.asr import RATE, Transcript, check_pcm16
 
 log = logging.getLogger("storeclerk.asr")
 
@@ -87,14 +87,7 @@ def _jsgf_words(text: str) -> set[str]:
 
 
 def _check_audio(pcm16: np.ndarray, rate: int) -> bytes:
-    if rate != RATE:
-        raise InputError(f"pocketsphinx takes {RATE} Hz audio, got {rate} Hz (resample with device.wavio.resample)")
-    a = np.asarray(pcm16)
-    if a.dtype != np.int16:
-        raise InputError(f"pocketsphinx takes int16 PCM samples, got {a.dtype} (convert with device.wavio.to_int16)")
-    if a.ndim > 1 and not (a.ndim == 2 and a.shape[1] == 1):
-        raise InputError(f"pocketsphinx takes mono audio, got an array of shape {a.shape} (downmix first)")
-    return np.ascontiguousarray(a.reshape(-1)).tobytes()
+    return check_pcm16(pcm16, rate, "pocketsphinx").tobytes()
 
 
 class SphinxRecognizer:
