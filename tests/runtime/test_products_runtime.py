@@ -152,8 +152,17 @@ def test_bundle_problems_are_bundle_errors(bundle, tmp_path):
     from runtime.errors import BundleError
     from runtime.vision.products import ProductRecognizer
 
+    import json
+
+    # A bundle with no product model (the kiosk bundle with its products entry taken out).
+    textonly = tmp_path / "textonly"
+    shutil.copytree(REPO / "models" / "bundles" / "kiosk", textonly, ignore=shutil.ignore_patterns("products"))
+    man = json.loads((textonly / "manifest.json").read_text())
+    man["models"].pop("products", None)
+    man["files"] = {f: h for f, h in man["files"].items() if not f.startswith("products/")}
+    (textonly / "manifest.json").write_text(json.dumps(man, indent=2))
     with pytest.raises(BundleError) as e:
-        ProductRecognizer.from_bundle(REPO / "models" / "bundles" / "kiosk", providers=["cpu"])
+        ProductRecognizer.from_bundle(textonly, providers=["cpu"])
     assert e.value.code == "bundle_no_products" and "storeclerk train products" in e.value.message
     bad = tmp_path / "tampered"
     shutil.copytree(bundle, bad)
