@@ -303,8 +303,25 @@ def test_lite0_smoke_learns_from_pretrained_features(tiny, tmp_path):
     assert abs(m["parity"]["int8"]["accuracy_delta_points"]) <= max(1.0, 200 / m["parity"]["int8"]["n"])
 
 
-def test_eval_without_product_model_is_a_clear_error(tiny):
-    p = run_cli("eval", "products", "--data", tiny, "--list", tiny / "val.txt", "--json")
+def test_eval_without_product_model_is_a_clear_error(tiny, tmp_path):
+    import shutil
+
+    kiosk = REPO / "models" / "bundles" / "kiosk"
+    textonly = tmp_path / "textonly"  # the kiosk bundle with its product model taken out
+    shutil.copytree(kiosk, textonly, ignore=shutil.ignore_patterns("products"))
+    man = json.loads((textonly / "manifest.json").read_text())
+    man["models"].pop("products", None)
+    man["files"] = {f: h for f, h in man["files"].items() if not f.startswith("products/")}
+    (textonly / "manifest.json").write_text(json.dumps(man, indent=2))
+    p = run_cli("eval", "products", "--model", textonly, "--data", tiny, "--list", tiny / "val.txt", "--json")
     assert p.returncode == 2
     assert "has no product model" in p.stderr and "storeclerk train products" in p.stderr
     assert p.stdout == ""
+
+
+def test_eval_defaults_to_the_kiosk_bundles_product_model(tiny):
+    p = run_cli("eval", "products", "--data", tiny, "--list", tiny / "val.txt", "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    d = json.loads(p.stdout.strip().splitlines()[-1])
+    assert d["n"] > 0 and 0.0 <= d["accuracy"] <= 1.0 and 0.0 <= d["coarse_accuracy"] <= 1.0
+    assert d["latency_ms_p50"] > 0
