@@ -248,6 +248,41 @@ class _Playback:
     def is_playing(self) -> bool:
         return self._playing > 0
 
+    @contextlib.asynccontextmanager
+    async def _turn(self):
+        """One play(): counted as playing from the call (so stop() waits for it), serialised with the others.
+        Yields the stop generation it runs under, or None when a stop() came before the speaker was free
+        (the play is dropped)."""
+        idle, stop, lock = self._events()
+        gen = self._gen
+        self._playing += 1
+        idle.clear()
+        try:
+            async with lock:
+                if gen != self._gen:
+                    yield None
+                    return
+                stop.clear()
+                yield gen
+        finally:
+            self._playing -= 1
+            if self._playing == 0:
+                idle.set()
+
+    def _stopped(self, gen: int) -> bool:
+        return gen != self._gen or self._stop.is_set()
+
+    def _tap_copies(self, x: np.ndarray, rate: int) -> list[tuple[EchoTap, np.ndarray]]:
+        return [(t, _resample_int16(x, rate, t.rate)) for t in self._taps]
+
+    @staticmethod
+    def _feed_taps(copies, a: int, b: int, n: int, rate: int) -> None:
+        """Hand samples [a, b) of an n-sample block played at ``rate`` to each tap, at the tap's own rate."""
+        for tap, y in copies:
+            ya, yb = a * tap.rate // rate, (len(y) if b >= n else b * tap.rate // rate)
+            if yb > ya:
+                tap.push(y[ya:yb])
+
     def tap(self, rate: int, gain: float = 0.5, delay_ms: float = 0.0) -> EchoTap:
         """Everything played from now on, resampled to ``rate`` (timed when playback is real time)."""
         t = EchoTap(rate, gain, delay_ms, timed=getattr(self, "realtime", True))
@@ -290,53 +325,40 @@ class WavSpeaker(_Playback):
 
     async def play(self, pcm16, rate: int | None = None) -> bool:
         """Play int16 mono (bytes or array) at ``rate`` (default: the speaker's). True if played to the end."""
-        idle, stop, lock = self._events()
         if self.closed:
             raise AudioError("WavSpeaker: play() after close()")
-        gen = self._gen
         rate = int(rate or self.rate)
         src = _as_int16(pcm16)
-        self._playing += 1
-        idle.clear()
-        try:
-            async with lock:
-                if gen != self._gen:
-                    return False
-                stop.clear()
-                self.plays += 1
-                x = _resample_int16(src, rate, self.rate)
-                echoes = [(t, _resample_int16(src, rate, t.rate)) for t in self._taps]
-                if not self.realtime:
-                    self._emit(x, echoes, 0, len(x))
-                    await asyncio.sleep(0)
-                    return True
-                step = max(1, self.rate * self.chunk_ms // 1000)
-                dur = step / self.rate
-                t0 = time.monotonic()
-                for i, a in enumerate(range(0, len(x), step)):
-                    if gen != self._gen or stop.is_set():
-                        self.cuts += 1
-                        return False
-                    self._emit(x, echoes, a, min(len(x), a + step))
-                    wait = t0 + (i + 1) * dur - time.monotonic()
-                    if wait > 0:
-                        with contextlib.suppress(asyncio.TimeoutError):
-                            await asyncio.wait_for(stop.wait(), wait)
-                if gen != self._gen or stop.is_set():
+        async with self._turn() as gen:
+            if gen is None:
+                return False
+            self.plays += 1
+            x = _resample_int16(src, rate, self.rate)
+            echoes = self._tap_copies(src, rate)
+            if not self.realtime:
+                self._emit(x, echoes, 0, len(x))
+                await asyncio.sleep(0)
+                return True
+            step = max(1, self.rate * self.chunk_ms // 1000)
+            dur = step / self.rate
+            t0 = time.monotonic()
+            for i, a in enumerate(range(0, len(x), step)):
+                if self._stopped(gen):
                     self.cuts += 1
                     return False
-                return True
-        finally:
-            self._playing -= 1
-            if self._playing == 0:
-                idle.set()
+                self._emit(x, echoes, a, min(len(x), a + step))
+                wait = t0 + (i + 1) * dur - time.monotonic()
+                if wait > 0:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), wait)
+            if self._stopped(gen):
+                self.cuts += 1
+                return False
+            return True
 
     def _emit(self, x: np.ndarray, echoes, a: int, b: int) -> None:
         self._recorded.append(x[a:b])
-        for tap, e in echoes:
-            ea, eb = a * tap.rate // self.rate, (len(e) if b >= len(x) else b * tap.rate // self.rate)
-            if eb > ea:
-                tap.push(e[ea:eb])
+        self._feed_taps(echoes, a, b, len(x), self.rate)
 
     def close(self) -> Path | None:
         """Write the recording (if a path was given) and return its path."""
@@ -658,54 +680,43 @@ class PyAudioSpeaker(_Playback):
         return self._streams[rate]
 
     async def play(self, pcm16, rate: int | None = None) -> bool:
-        idle, stop, lock = self._events()
         self.open()
-        gen = self._gen
         rate = int(rate or self.rate)
         x = _as_int16(pcm16)
-        self._playing += 1
-        idle.clear()
-        try:
-            async with lock:
-                if gen != self._gen:
-                    return False
-                stop.clear()
-                try:
-                    stream = self._stream(rate)
-                except AudioError:
-                    if rate == int(self.info["default_rate"]):
-                        raise
-                    rate2 = int(self.info["default_rate"])
-                    x, rate = _resample_int16(x, rate, rate2), rate2
-                    stream = self._stream(rate)
-                step = max(1, rate * self.chunk_ms // 1000)
-                cancelled = threading.Event()
-                refs = [(t, _resample_int16(x, rate, t.rate)) for t in self._taps]
+        async with self._turn() as gen:
+            if gen is None:
+                return False
+            try:
+                stream = self._stream(rate)
+            except AudioError:
+                if rate == int(self.info["default_rate"]):
+                    raise
+                rate2 = int(self.info["default_rate"])
+                x, rate = _resample_int16(x, rate, rate2), rate2
+                stream = self._stream(rate)
+            step = max(1, rate * self.chunk_ms // 1000)
+            cancelled = threading.Event()
+            refs = self._tap_copies(x, rate)
 
-                def _write() -> bool:
-                    for a in range(0, len(x), step):
-                        if cancelled.is_set():
-                            return False
-                        b = min(len(x), a + step)
-                        for tap, r in refs:  # the echo canceller's reference, as it goes out
-                            tap.push(r[a * tap.rate // rate : (len(r) if b >= len(x) else b * tap.rate // rate)])
-                        stream.write(x[a:b].astype("<i2").tobytes())
-                    return True
+            def _write() -> bool:
+                for a in range(0, len(x), step):
+                    if cancelled.is_set():
+                        return False
+                    b = min(len(x), a + step)
+                    self._feed_taps(refs, a, b, len(x), rate)  # the echo canceller's reference, as it goes out
+                    stream.write(x[a:b].astype("<i2").tobytes())
+                return True
 
-                fut = asyncio.get_running_loop().run_in_executor(None, _write)
-                stopper = asyncio.ensure_future(stop.wait())
-                done, _ = await asyncio.wait({fut, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if stopper in done:
-                    cancelled.set()
-                    with contextlib.suppress(Exception):
-                        await fut
-                    return False
-                stopper.cancel()
-                return bool(fut.result())
-        finally:
-            self._playing -= 1
-            if self._playing == 0:
-                idle.set()
+            fut = asyncio.get_running_loop().run_in_executor(None, _write)
+            stopper = asyncio.ensure_future(self._stop.wait())
+            done, _ = await asyncio.wait({fut, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if stopper in done:
+                cancelled.set()
+                with contextlib.suppress(Exception):
+                    await fut
+                return False
+            stopper.cancel()
+            return bool(fut.result())
 
     def close(self) -> None:
         for s in self._streams.values():
