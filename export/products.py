@@ -237,16 +237,14 @@ def _versions() -> dict:
 
 def _images(items, params: dict) -> tuple[np.ndarray, list[np.ndarray]]:
     """The kiosk's preprocessing on the original files (BGR as read), plus the decoded images."""
-    from runtime.errors import InputError
-    from runtime.vision.images import load_image
+    from models.products.data import load_item_image
+    from runtime.errors import DataError
     from runtime.vision.products import preprocess
 
-    imgs = []
-    for it in items:
-        try:
-            imgs.append(load_image(it.path))
-        except InputError as exc:
-            raise ExportError(f"{it.path} (line {it.line}): {exc.message}") from exc
+    try:
+        imgs = [load_item_image(it) for it in items]
+    except DataError as exc:
+        raise ExportError(exc.message) from exc
     return np.stack([preprocess(im, params) for im in imgs]), imgs
 
 

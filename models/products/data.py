@@ -165,17 +165,22 @@ def load_dataset(data_dir: str | os.PathLike[str], list_file: str | os.PathLike[
     return catalog, read_list(lf, data_dir, catalog, check_files)
 
 
+def load_item_image(item: Item) -> np.ndarray:
+    """Decode one listed image (BGR, as the kiosk's camera delivers); a bad file is a DataError naming it."""
+    from runtime.vision.images import load_image
+
+    try:
+        return load_image(item.path)
+    except InputError as exc:
+        raise DataError(f"{item.path} (line {item.line}): {exc.message}") from exc
+
+
 def load_image_rgb_square(item: Item, side: int) -> np.ndarray:
     """Decode one listed image as RGB uint8, its short side resized to ``side`` (the cache the training loop
     crops from: decoding 348-px JPEGs every epoch would cost more than the augmentation)."""
     import cv2
 
-    from runtime.vision.images import load_image
-
-    try:
-        bgr = load_image(item.path)
-    except InputError as exc:
-        raise DataError(f"line {item.line}: {exc.message}") from exc
+    bgr = load_item_image(item)
     h, w = bgr.shape[:2]
     s = side / min(h, w)
     if s != 1.0:

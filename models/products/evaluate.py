@@ -10,23 +10,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.products.data import Item
-from runtime.errors import DataError, InputError
+from models.products.data import Item, load_item_image
+from runtime.errors import DataError
 
 
 def evaluate(rec, items: Sequence[Item], latency_runs: int = 50) -> dict:
-    from runtime.vision.images import load_image
     from runtime.vision.products import BATCH, preprocess
 
     if len(rec.fine_labels) <= max(i.fine for i in items):
         raise DataError(f"the list uses fine ids up to {max(i.fine for i in items)} but the model knows "
                         f"{len(rec.fine_labels)} products")
-    frames = []
-    for it in items:
-        try:
-            frames.append(load_image(it.path))
-        except InputError as exc:
-            raise DataError(f"line {it.line}: {exc.message}") from exc
+    frames = [load_item_image(it) for it in items]
     preds = []
     for s in range(0, len(frames), BATCH):
         preds += rec.predict(frames[s : s + BATCH], top_k=min(5, len(rec.fine_labels)))
