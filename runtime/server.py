@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 
 from runtime.errors import InputError
 from runtime.sessions import check_session_id, new_session_id
+from runtime.voice.stage import STATES
 
 log = logging.getLogger("storeclerk.server")
 
@@ -28,7 +29,6 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 WS_MAX_MESSAGE = 8192
 WS_MAX_RATE = 20  # messages per second per connection before it is told to slow down
 VOICE_ACTIONS = ("ptt_start", "ptt_stop", "mute", "unmute")
-VOICE_STATES = ("off", "idle", "listening", "thinking", "speaking")
 VOICE_OFF = {"type": "voice_state", "state": "off", "muted": False, "mode": "ptt"}
 
 
@@ -268,7 +268,7 @@ def _ws_message(raw: dict) -> dict[str, Any]:
 
 def _voice_state(raw: Any) -> dict[str, Any]:
     """The voice stage's state in the shape the page reads; anything unrecognisable reads as "off"."""
-    if not isinstance(raw, dict) or raw.get("state") not in VOICE_STATES:
+    if not isinstance(raw, dict) or raw.get("state") not in STATES:
         return dict(VOICE_OFF)
     return {"type": "voice_state", "state": raw["state"], "muted": bool(raw.get("muted", False)),
             "mode": "open" if raw.get("mode") == "open" else "ptt"}

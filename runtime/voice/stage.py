@@ -27,7 +27,7 @@ from runtime.voice.listener import BargeIn, Listener
 from runtime.voice.vad import SpeechEnd, SpeechPause, SpeechStart
 
 log = logging.getLogger("storeclerk.voice")
-STATES = ("off", "idle", "listening", "thinking", "speaking")
+STATES = ("off", "idle", "listening", "thinking", "speaking")  # voice_state values the page knows
 REF_LAG_MS = 32.0
 
 
@@ -48,7 +48,6 @@ class VoiceStage:
         self.use_prosody = prosody
         self.turns = 0
         self.barge_ins = 0
-        self.ignored_while_speaking = 0  # utterances the listener dropped as the kiosk's own voice
         self.timings: list[dict[str, Any]] = []
         self.barge_in_ms: list[float] = []
         self.muted = False
@@ -143,7 +142,6 @@ class VoiceStage:
             await self._queue.join()
         finally:
             worker.cancel()
-            self.ignored_while_speaking = self.listener.suppressed
 
     async def _on_event(self, ev) -> None:
         if isinstance(ev, BargeIn):
