@@ -55,12 +55,17 @@ def ort_outputs(path: Path, ids_mask: Sequence[tuple[np.ndarray, np.ndarray]], t
     return np.concatenate(embs), np.concatenate(logits)
 
 
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each row of ``a`` with the same row of ``b`` (a zero row counts as orthogonal, not NaN)."""
+    na = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    nb = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return (na * nb).sum(1)
+
+
 def compare(variant: str, ref_emb: np.ndarray, ref_logits: np.ndarray, emb: np.ndarray, logits: np.ndarray,
             y: np.ndarray | None) -> ParityReport:
     r = ParityReport(variant, len(ref_emb))
-    na = ref_emb / np.linalg.norm(ref_emb, axis=1, keepdims=True)
-    nb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    cos = (na * nb).sum(1)
+    cos = row_cosines(ref_emb, emb)
     r.mean_cosine, r.min_cosine = float(cos.mean()), float(cos.min())
     r.max_abs_diff_embedding = float(np.abs(ref_emb - emb).max())
     r.max_abs_diff_logits = float(np.abs(ref_logits - logits).max())

@@ -177,9 +177,7 @@ def compare(variant: str, ref_fine: np.ndarray, fine: np.ndarray, y: np.ndarray,
             reference: str = "torch") -> parity.ParityReport:
     """Top-1 agreement with the reference and the held-out accuracy drop, against ``BOUNDS``."""
     r = parity.ParityReport(variant, len(ref_fine))
-    a = ref_fine / np.maximum(np.linalg.norm(ref_fine, axis=1, keepdims=True), 1e-12)
-    b = fine / np.maximum(np.linalg.norm(fine, axis=1, keepdims=True), 1e-12)
-    cos = (a * b).sum(1)
+    cos = parity.row_cosines(ref_fine, fine)
     r.mean_cosine, r.min_cosine = float(cos.mean()), float(cos.min())
     r.max_abs_diff_logits = float(np.abs(ref_fine - fine).max())
     r.agreement = float((ref_fine.argmax(1) == fine.argmax(1)).mean())
@@ -259,7 +257,7 @@ def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: 
     """Add (or replace) the ``products`` model in ``bundle_dir`` (created if missing); returns the manifest."""
     from models.calibrate import expected_calibration_error, fit_temperature, softmax
     from models.products import openset
-    from runtime.bundle import load_bundle, write_manifest
+    from runtime.bundle import load_bundle, replace_bundle_dir, write_manifest
     from runtime.vision.products import open_set_score
 
     say = progress or (lambda m: log.info("%s", m))
@@ -427,9 +425,7 @@ def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: 
                 raise ExportError(f"copying the bundle changed {changed}; {bundle_dir} not changed")
             load_bundle(stage, verify=True)
             if old is not None:
-                from export.retrieval import _swap_in
-
-                _swap_in(stage, old.root)
+                replace_bundle_dir(stage, old.root)
             else:
                 stage.rename(bundle_dir)
         finally:

@@ -172,19 +172,6 @@ def _base_model_meta() -> dict:
             "base_model_sha256": sha256_file(weights) if weights.exists() else None}
 
 
-def _swap_in(stage: Path, target: Path) -> None:
-    """Replace ``target`` by ``stage`` (same parent): the old bundle is moved aside first and put back if the
-    second rename fails, so there is always a whole bundle at ``target`` or beside it."""
-    old = target.with_name(f".old-{target.name}-{os.getpid()}")
-    os.rename(target, old)
-    try:
-        os.rename(stage, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def export_retrieval_model(bundle_dir: Path, precision: str = "int8", opset: int = steps.DEFAULT_OPSET,
                            texts: Sequence[str] | None = None,
                            progress: Callable[[str], None] | None = None) -> dict:
@@ -194,7 +181,7 @@ def export_retrieval_model(bundle_dir: Path, precision: str = "int8", opset: int
     manifest writer re-hashes whatever it finds. Raises ``ExportError`` (nothing changed) when the variant misses
     its parity bound.
     """
-    from runtime.bundle import load_bundle, write_manifest
+    from runtime.bundle import load_bundle, replace_bundle_dir, write_manifest
 
     say = progress or (lambda msg: log.info("%s", msg))
     if precision not in PRECISIONS:
@@ -297,7 +284,7 @@ def export_retrieval_model(bundle_dir: Path, precision: str = "int8", opset: int
             if changed:  # a copy went wrong: never bless it with a fresh hash
                 raise ExportError(f"copying the bundle changed {changed}; {bundle_dir} not changed")
             load_bundle(stage, verify=True)
-            _swap_in(stage, old.root)  # the resolved directory: a symlink to the bundle keeps pointing at it
+            replace_bundle_dir(stage, old.root)  # the resolved directory: a symlink to the bundle keeps pointing at it
         finally:
             if stage.exists():
                 shutil.rmtree(stage, ignore_errors=True)

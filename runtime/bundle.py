@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -404,6 +405,19 @@ def _check_opset(path: Path, variant: Variant, key: str) -> None:
 
 
 # --- writing ---------------------------------------------------------------------------------------------------
+
+
+def replace_bundle_dir(stage: Path, target: Path) -> None:
+    """Replace ``target`` by ``stage`` (same parent): the old bundle is moved aside first and put back if the
+    second rename fails, so there is always a whole bundle at ``target`` or beside it."""
+    old = target.with_name(f".old-{target.name}-{os.getpid()}")
+    os.rename(target, old)
+    try:
+        os.rename(stage, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_manifest(root: str | os.PathLike[str], manifest: Mapping[str, Any]) -> dict[str, Any]:
