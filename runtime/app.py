@@ -234,6 +234,11 @@ def serve(config: KioskConfig) -> int:
             voice = VoiceService(config, parts)
             kiosk.extra_health["voice"] = voice.health
             kiosk.add_task(voice.run(), "voice")
+        from runtime.vision.service import VisionService
+
+        vision = VisionService(config, parts)
+        kiosk.extra_health["vision"] = vision.health
+        kiosk.add_task(vision.run(), "vision")
         if systemd.watchdog_interval():
             kiosk.add_task(systemd.watchdog_loop(lambda: kiosk.healthz()["running"]), "watchdog")
 

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kb", default=None, help="knowledge-base directory (default: the demo store in data/kb)")
     p.add_argument("--state-dir", default=None, help="where conversations and orders are stored")
     p.add_argument("--no-voice", action="store_true", help="no microphone or speaker")
+    p.add_argument("--camera", default=None, metavar="SOURCE",
+                   help="camera: a USB index (0), /dev/videoN, a video file, an image folder, rtsp://..., or a "
+                        "GStreamer pipeline ending in appsink (docs/vision.md)")
     p.add_argument("--no-camera", action="store_true", help="no camera")
     p.add_argument("--print-config", action="store_true", help="print the embedded defaults as YAML and exit")
 
@@ -144,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="check models, bundle hashes, providers, versions")
     p.add_argument("--model", default=None)
+    p.add_argument("--camera", default=None, metavar="SOURCE", help="also open this camera source and take a frame")
     p.add_argument("--json", action="store_true")
     return ap
 

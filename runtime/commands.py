@@ -324,7 +324,7 @@ def cmd_bench_text(args) -> int:
 def cmd_doctor(args) -> int:
     from runtime.doctor import run_doctor
 
-    return run_doctor(_bundle_path(args.model), as_json=args.json)
+    return run_doctor(_bundle_path(args.model), as_json=args.json, camera=args.camera)
 
 
 __all__ = ["DataError"]

@@ -45,6 +45,14 @@ def _opt_path(v: Any) -> str | None:
     return None if v is None or (isinstance(v, str) and v.strip()) else f"expected a path or null, got {v!r}"
 
 
+def _opt_source(v: Any) -> str | None:
+    if v is None or (isinstance(v, str) and v.strip()):
+        return None
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return None
+    return f"expected a camera source (a device index like 0, /dev/video0, a file, a folder, rtsp://...) or null, got {v!r}"
+
+
 def _opt_num(lo: float, hi: float) -> Callable[[Any], str | None]:
     check = _num(lo, hi)
 
@@ -142,7 +150,20 @@ SCHEMA: dict[str, Any] = {
         "early_decode_ms": (200, _opt_num(100, 3000)),
         "barge_in": (True, _bool),
     },
-    "camera": {"enabled": (True, _bool)},
+    "camera": {
+        "enabled": (True, _bool),
+        # null: no camera. "0" or "/dev/video0" (USB), a video file, an image folder, rtsp://..., or a GStreamer
+        # pipeline ending in appsink (the Jetson CSI camera; docs/vision.md). `storeclerk run --camera SOURCE`.
+        "source": (None, _opt_source),
+        "fps": (10.0, _num(0.5, 60)),
+        "products": (True, _bool),  # recognize products held up (needs the bundle's product model)
+        "product_every_s": (0.5, _num(0.05, 60)),
+        "recognized_cards": (True, _bool),  # show the card of a product recognized without a barcode
+        "faces": (True, _bool),  # face presence: wake the page, count visits (no identity, nothing stored)
+        "ocr": (True, _bool),  # read an order number off a receipt while the kiosk asks for one
+        "view_ttl_s": (20.0, _num(1, 600)),  # how long a sighting stays "this one"
+        "repeat_after_s": (3.0, _num(0.5, 600)),  # the same code is answered again only after this long out of view
+    },
     "log_level": ("INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
 }
 

@@ -295,7 +295,7 @@ def _bundle_and_engine(report: _Report, bundle_path: Path, cuda_available: bool 
                 report.add("engine close", WARN, _error_text(exc))
 
 
-def collect(bundle_path: Path, port: int = 8080) -> list[Check]:
+def collect(bundle_path: Path, port: int = 8080, camera: str | None = None) -> list[Check]:
     """Run every check and return them in report order."""
     report = _Report()
     bundle_path = Path(bundle_path)
@@ -330,7 +330,7 @@ def collect(bundle_path: Path, port: int = 8080) -> list[Check]:
     report.run("disk (cache)", cache_disk)
     report.run("HF_HUB_OFFLINE", check_offline)
     report.run("knowledge base", check_kb)
-    report.run("camera", check_camera)
+    report.run("camera", lambda: check_camera(camera))
     report.run("microphone / speaker", check_audio)
     report.run("port", lambda: check_port(port))
     report.run("state dir", check_state_dir)
@@ -345,9 +345,26 @@ def check_kb() -> tuple[str, str]:
     return OK, f"{data_dir() / 'kb'}: {len(kb.products)} products, {len(kb.faqs)} FAQ entries, fingerprint {kb.fingerprint[:12]}"
 
 
-def check_camera() -> tuple[str, str]:
-    cams = sorted(str(p) for p in Path("/dev").glob("video*"))
-    return (OK, ", ".join(cams)) if cams else (WARN, "no /dev/video* device: run with --no-camera (vision arrives later)")
+def check_camera(source: str | None = None) -> tuple[str, str]:
+    """Without a source: which V4L2 devices exist. With one: open it as the kiosk would, take a frame, and report
+    its size and the camera's health (a wrong pipeline or a dead IP camera fails here, not at the customer)."""
+    if source is None:
+        cams = sorted(str(p) for p in Path("/dev").glob("video*"))
+        if cams:
+            return OK, ", ".join(cams) + " (test one with: storeclerk doctor --camera /dev/video0)"
+        return WARN, "no /dev/video* device; the kiosk runs without a camera (or give camera.source / --camera SOURCE)"
+    from device.camera import open_camera
+
+    cam = open_camera(str(source), fps=5, open_timeout=10.0)
+    try:
+        frame = cam.read(timeout=5.0)
+        h = cam.health
+        if frame is None:
+            return FAIL, f"{h.source}: opened, but no frame within 5 s (state {h.state}; {h.last_error or 'no error'})"
+        w, ht = frame.size
+        return OK, f"{h.source}: {w}x{ht} frames, state {h.state}"
+    finally:
+        cam.close()
 
 
 def check_audio() -> tuple[str, str]:
@@ -410,9 +427,9 @@ def _print_table(checks: list[Check], bundle_path: Path, ok: bool) -> None:
     console.print(summary)
 
 
-def run_doctor(bundle_path: Path, as_json: bool = False) -> int:
+def run_doctor(bundle_path: Path, as_json: bool = False, camera: str | None = None) -> int:
     """Check this kiosk and ``bundle_path``; print a table (or one JSON object). 0 when no check failed, else 1."""
-    checks = collect(Path(bundle_path))
+    checks = collect(Path(bundle_path), camera=camera)
     ok = all(c.status != FAIL for c in checks)
     if as_json:
         print(json.dumps({"checks": [asdict(c) for c in checks], "ok": ok}, ensure_ascii=False))

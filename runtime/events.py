@@ -15,6 +15,27 @@ def now() -> float:
 
 
 @dataclass(frozen=True)
+class Sighting:
+    """What the camera made of a frame (DESIGN §2): ``kind`` is ``product`` (a catalog product by its EAN-13
+    barcode, ``source="barcode"``, or recognized by the product model, ``source="recognizer"``), ``unknown``
+    (the product model saw something it does not know), ``order`` (an order number from a QR code or an OCR'd
+    receipt), or ``code`` (a barcode/QR the store has no meaning for). ``value`` is the product id or the order
+    number; ``label`` is what the screen may show. Never the picture itself: frames are not stored."""
+
+    kind: str
+    value: str | None
+    score: float
+    source: str
+    label: str = ""
+    box: tuple[int, int, int, int] | None = None
+    ts: float = field(default_factory=time.monotonic)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "value": self.value, "score": round(float(self.score), 4), "source": self.source,
+                "label": self.label, "box": list(self.box) if self.box else None}
+
+
+@dataclass(frozen=True)
 class TouchText:
     """A customer turn: typed on the touchscreen, a quick-reply button, the HTTP API, a voice transcript, or
     the "call staff" button (channel "button", no text)."""
@@ -27,6 +48,8 @@ class TouchText:
     # The audio modality of a spoken turn: (feature, value) pairs from runtime.voice.prosody (energy, pitch,
     # speaking rate), for the fusion model's emotion and frustration cues. Empty for typed turns.
     audio: tuple[tuple[str, float], ...] = ()
+    # A camera turn (channel "camera"): the scan or recognition that made it.
+    sighting: Sighting | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +68,10 @@ class Understanding:
     ts: float = field(default_factory=now)
     stage_ms: tuple[tuple[str, float], ...] = ()
     audio: tuple[tuple[str, float], ...] = ()
+    sighting: Sighting | None = None
+    # The fusion model's cues when it ran: P(the question points at what the camera shows), P(frustrated).
+    refers_to_view: float | None = None
+    frustration: float | None = None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,7 @@ import numpy as np
 
 from runtime.dialogue import DialogueManager
 from runtime.errors import InputError
-from runtime.events import Action, Reply, TouchText, Understanding
+from runtime.events import Action, Reply, Sighting, TouchText, Understanding
 from runtime.metrics import Metrics
 from runtime.notify import Handoff, notify_all
 from runtime.sessions import SessionManager, SessionState, check_session_id
@@ -36,6 +37,12 @@ from runtime.sessions import SessionManager, SessionState, check_session_id
 log = logging.getLogger("storeclerk.loop")
 
 BATCH = 16
+CHANNELS = ("touch", "api", "voice", "button", "camera")
+# What a camera turn means to dialogue: a scanned product is a question about it, an order code a status check.
+SIGHTING_INTENTS = {"product": "product_info", "order": "track_order", "code": "oos", "unknown": "oos"}
+# "What is this?" said to a kiosk with a camera asks about the thing held up, whatever the text model thinks
+# (it reads "what is this?" alone as a request for help: measured on the kiosk bundle).
+WHAT_IS_THIS = re.compile(r"\s*(what('s| is| are)|which (product|one) is) (this|that|these|those|it)( one| thing| product| here)?\s*[?.!]*\s*", re.I)
 MAX_TEXT = 2000  # characters kept from one turn; the encoder reads 128 tokens anyway
 
 
@@ -65,6 +72,9 @@ class Kiosk:
         self.notifiers = list(notifiers)
         self.metrics = metrics or Metrics()
         self.voice = None  # the VoiceStage when a microphone and speaker are configured (server: voice messages)
+        self.vision = None  # the VisionStage when a camera is configured
+        self.fusion = None  # runtime.fusion.FusionModel when the bundle has one
+        self.view_ttl_s = 20.0  # how long a sighting stays "this one" (config camera.view_ttl_s)
         self.sessions = SessionManager(idle_timeout_s, max_sessions)
         self.queue_size = queue_size
         self.stage_timeout_s = stage_timeout_s
@@ -151,7 +161,7 @@ class Kiosk:
         return True
 
     async def turn(self, sid: str, text: Any, channel: str = "touch", timeout: float | None = None,
-                   audio: tuple[tuple[str, float], ...] = ()) -> Reply:
+                   audio: tuple[tuple[str, float], ...] = (), sighting: Sighting | None = None) -> Reply:
         """One customer turn, end to end. Raises ``InputError`` for unusable input (bad session id, text
         that is not a string) and when the kiosk is too busy to take the turn."""
         if not self._running:
@@ -159,12 +169,14 @@ class Kiosk:
         check_session_id(sid)
         if not isinstance(text, str):
             raise InputError("text must be a string", code="bad_text")
-        if channel not in ("touch", "api", "voice", "button"):
+        if channel not in CHANNELS:
             raise InputError(f"unknown channel {channel!r}", code="bad_channel")
+        if (channel == "camera") != (sighting is not None):
+            raise InputError("a camera turn needs a sighting, and only a camera turn has one", code="bad_channel")
         text = text.replace("\x00", "")[:MAX_TEXT]
         st = await self.start_session(sid, channel)
         n = st.next_turn()
-        ev = TouchText(sid, text, n, channel, audio=tuple(audio))
+        ev = TouchText(sid, text, n, channel, audio=tuple(audio), sighting=sighting)
         fut = asyncio.get_running_loop().create_future()
         self._futures[(sid, n)] = fut
         wait = timeout if timeout is not None else self.stage_timeout_s * 3
@@ -207,6 +219,7 @@ class Kiosk:
         preds = self.classifier.predict(texts, with_embedding=True)
         t_int = time.perf_counter()
         out = []
+        now = time.monotonic()
         for ev, pred in zip(events, preds, strict=True):
             ents = tuple(
                 {"type": e.type, "value": e.value, "start": e.start, "end": e.end, "text": e.text}
@@ -216,10 +229,30 @@ class Kiosk:
             if emb is not None:
                 emb = emb / max(float(np.linalg.norm(emb)), 1e-12)
                 self._query_vectors[ev.text] = emb
-            out.append(Understanding(ev.session, ev.turn, ev.text, pred.intent, pred.confidence, pred.out_of_scope, ents,
+            # Sightings feed understanding: what the camera shows (or showed moments ago) is what "this one" is.
+            st = self.sessions.get(ev.session)
+            camera = st is not None and st.camera
+            seen = st.view(now, self.view_ttl_s) if camera else None
+            intent, conf, oos = pred.intent, pred.confidence, pred.out_of_scope
+            if camera and WHAT_IS_THIS.fullmatch(ev.text):
+                intent, conf, oos = "product_info", max(conf, 0.9), False
+            out.append(Understanding(ev.session, ev.turn, ev.text, intent, conf, oos, ents,
                                      tuple(pred.alternatives), channel=ev.channel,
-                                     stage_ms=(("intent", (t_int - t0) * 1000),), audio=ev.audio))
+                                     product=seen.value if seen is not None and seen.kind == "product" else None,
+                                     stage_ms=(("intent", (t_int - t0) * 1000),), audio=ev.audio, sighting=seen))
         return out
+
+    @staticmethod
+    def _camera_understanding(ev: TouchText) -> Understanding:
+        """A scan needs no classifier: the code says what it is."""
+        s = ev.sighting
+        assert s is not None
+        ents: tuple[dict, ...] = ()
+        if s.kind == "order" and s.value:
+            ents = ({"type": "order_id", "value": s.value, "start": 0, "end": 0, "text": s.value},)
+        return Understanding(ev.session, ev.turn, ev.text, SIGHTING_INTENTS.get(s.kind, "oos"), float(s.score),
+                             s.kind in ("code", "unknown"), ents, channel="camera",
+                             product=s.value if s.kind == "product" else None, sighting=s)
 
     async def _understand_stage(self) -> None:
         loop = asyncio.get_running_loop()
@@ -228,10 +261,10 @@ class Kiosk:
             while len(batch) < BATCH and not self._q_in.empty():
                 batch.append(self._q_in.get_nowait())
             staff = [e for e in batch if e.channel == "button"]
-            texts = [e for e in batch if e.channel != "button"]
+            texts = [e for e in batch if e.channel not in ("button", "camera")]
             results: list[Understanding] = [
                 Understanding(e.session, e.turn, "", "contact_human_agent", 1.0, False, channel="button") for e in staff
-            ]
+            ] + [self._camera_understanding(e) for e in batch if e.channel == "camera"]
             if texts:
                 t0 = time.perf_counter()
                 try:
@@ -257,6 +290,8 @@ class Kiosk:
                                  quick_replies=({"label": "Call staff", "text": "I'd like to talk to a person"},))
                 elif u.channel == "button":
                     act = self.dialogue.handoff(u, st, "button")
+                elif u.channel == "camera":
+                    act = self.dialogue.sighting(u, st)
                 else:
                     act = self.dialogue.handle(u, st)
                 self._done("dialogue", time.perf_counter() - t0)

@@ -28,6 +28,8 @@ def cmd_run(args) -> int:
         overrides["voice.enabled"] = False
     if args.no_camera:
         overrides["camera.enabled"] = False
+    elif getattr(args, "camera", None) is not None:
+        overrides["camera.source"] = args.camera
     cfg = _config(args, **overrides)
     from runtime.app import serve
 

@@ -204,6 +204,9 @@ def create_app(kiosk, *, media_dir: Path | None = None, max_body_bytes: int = 16
             if msg.get("type") == "voice_state":
                 await send(_voice_state(msg))
                 return
+            if msg.get("type") == "wake":  # someone stepped up to the kiosk or scanned on the attract screen
+                await send({"type": "wake", "reason": str(msg.get("reason", ""))})
+                return
             # Session events (ended, staff, captions, spoken replies) go only to the page that owns the session.
             if msg.get("session") in owned:
                 if msg.get("type") == "ended":
@@ -280,7 +283,13 @@ async def _voice_call(fn, *args) -> Any:
 
 
 async def _voice_attach(kiosk, sid: str, send) -> None:
-    """Voice turns go into this page's session; the page learns whether there is a microphone at all."""
+    """Voice and camera turns go into this page's session; the page learns whether there is a microphone."""
+    vision = getattr(kiosk, "vision", None)
+    if vision is not None:
+        try:
+            vision.attach(sid)
+        except Exception as exc:  # a broken camera stage must not cost the page its session
+            log.error("vision stage failed on attach: %s", exc)
     voice = getattr(kiosk, "voice", None)
     if voice is None:
         await send(dict(VOICE_OFF))

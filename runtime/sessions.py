@@ -38,6 +38,10 @@ class SessionState:
     turns: int = 0
     # dialogue context
     last_product: str | None = None  # KB product id
+    # The camera's view, when the kiosk's camera is attached to this session (the touchscreen's): the newest
+    # product sighting (a scan or a recognition, or "unknown"), for "this one" / "how much is it".
+    camera: bool = False
+    in_view: Any = None  # runtime.events.Sighting
     last_intent: str | None = None
     last_reply: str | None = None
     pending: dict[str, Any] | None = None  # {"kind": "slot"|"confirm"|"clarify", ...}
@@ -50,8 +54,14 @@ class SessionState:
         self.last_active = time.monotonic()
         return self.turns
 
+    def view(self, now: float, ttl_s: float) -> Any:
+        """The product sighting the customer may be pointing at: the newest one, if younger than ``ttl_s``."""
+        s = self.in_view
+        return s if s is not None and now - s.ts <= ttl_s else None
+
     def wipe(self) -> None:
         self.last_product = self.last_intent = self.last_reply = None
+        self.in_view = None
         self.pending = None
         self.failures = 0
         self.closed = True

@@ -7,6 +7,7 @@ I/O beyond the KB and order lookups, so the loop can time it as one stage.
 
 from __future__ import annotations
 
+
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -39,6 +40,9 @@ STATUS_TEXT = {
     "cancelled": "cancelled",
     "ready_for_pickup": "ready for pickup at the service desk",
 }
+
+
+DEICTIC = re.compile(r"\b(it|its|it's|this|that|they|them|those|these|one)\b", re.I)
 
 
 def staff_button() -> dict:
@@ -325,7 +329,12 @@ class DialogueManager:
             for p in kb.find_products(str(e.get("value"))):
                     if all(_attr(p, "id") != _attr(q, "id") for q in found):
                         found.append(p)
-        if not found and self.s.retriever is not None and not re.search(r"\b(it|this|that|they|them|those|these|one)\b", u.text, re.I):
+        deictic = bool(DEICTIC.search(u.text))
+        if not found and deictic and u.product:  # "is this gluten-free?" with a product in view or just scanned
+            p = kb.product(u.product)
+            if p is not None:
+                return [p]
+        if not found and self.s.retriever is not None and not deictic:
             hits = self.s.retriever.search(u.text, k=1, kinds=("product",))
             if hits and getattr(self.s.retriever, "agreeing_hit", None) and self.s.retriever.agreeing_hit(u.text, kinds=("product",)):
                 p = kb.product(hits[0].entry_id.split(":", 1)[1])
@@ -358,6 +367,11 @@ class DialogueManager:
 
     def _unknown_product(self, u: Understanding, st: SessionState) -> Action:
         what = self._entity(u, "product")
+        if not what and st.camera and DEICTIC.search(u.text):
+            # The customer points at something: say what the camera made of it rather than "which product?".
+            seen = u.sighting
+            key = "product_not_recognized" if seen is not None and seen.kind == "unknown" else "nothing_in_view"
+            return self._act(u, "ask_slot", self.spec.text(key), quick=(staff_button(),))
         if what:
             return self._act(u, "answer", self.spec.text("product_unknown", what=what), quick=(staff_button(),))
         return self._act(u, "ask_slot", self.spec.text("ask_product"))
@@ -388,6 +402,35 @@ class DialogueManager:
             return self._act(u, "answer", text, cards=(product_card(p),))
         desc = _attr(p, "description") or self._name(p)
         return self._act(u, "answer", self.spec.text("product_info", description=desc, name=self._name(p)), cards=(product_card(p),))
+
+    # the camera -----------------------------------------------------------------------------------------
+    def sighting(self, u: Understanding, st: SessionState) -> Action:
+        """A deliberate scan (or a product recognized and held steady): show what it is. An order code answers
+        the order question pending in the conversation (a cancellation waiting for its number) or its status."""
+        s = u.sighting
+        kind = s.kind if s is not None else None
+        try:
+            if kind == "product" and self.s.kb is not None:
+                p = self.s.kb.product(u.product or "")
+                if p is not None:
+                    st.last_product = _attr(p, "id")
+                    text = self.spec.text("product_seen", name=self._name(p), price=self._price(p), aisle=_attr(p, "aisle"))
+                    act = self._act(u, "answer", text, cards=(product_card(p),))
+                    st.last_intent, st.last_reply = u.intent, act.reply
+                    return act
+            if kind == "order" and s is not None and s.value:
+                p = st.pending or {}
+                intent = p.get("intent") if p.get("kind") == "slot" and p.get("slot") == "order_id" else "track_order"
+                st.pending = None
+                act = self._intent(u, st, intent, order_id=s.value)
+                st.last_intent, st.last_reply = intent, act.reply
+                return act
+            if kind == "unknown":
+                return self._act(u, "answer", self.spec.text("product_not_recognized"), quick=(staff_button(),))
+        except Exception:
+            log.exception("dialogue failed on a %s sighting", kind)
+            return self._act(u, "error", self.spec.text("error"), quick=(staff_button(),))
+        return self._act(u, "answer", self.spec.text("code_unknown"))
 
     # recommendations -------------------------------------------------------------------------------------
     def _recommendation(self, u: Understanding, st: SessionState) -> Action | None:

@@ -30,6 +30,13 @@ REQUIRED_SAY = {
     "recommend_goes_with", "recommend_cheaper", "recommend_none", "store_hours", "search_answer",
     "nothing_to_repeat", "error",
 }
+# Replies an operator's file may leave out (files written before the camera existed): the kiosk's wording.
+DEFAULT_SAY = {
+    "product_seen": ("That's {name}: {price}, in aisle {aisle}.",),
+    "product_not_recognized": ("I don't recognize this product. Could you scan its barcode, or tell me its name?",),
+    "nothing_in_view": ("I can't see a product. Hold it up to the camera or scan its barcode, or tell me its name.",),
+    "code_unknown": ("I can't use that code here. You can scan a product barcode or the QR code of an order.",),
+}
 
 
 class DialogueError(ConfigError):
@@ -124,6 +131,8 @@ def load_dialogue(path: str | Path, labels: Iterable[str] | None = None) -> Dial
             say[key] = opts
         for key in sorted(REQUIRED_SAY - set(say)):
             err(nodes.get("say"), f"say.{key} is missing (the kiosk needs it)")
+        for key, opts in DEFAULT_SAY.items():
+            say.setdefault(key, opts)
 
     intents: dict[str, IntentRule] = {}
     raw = data.get("intents")

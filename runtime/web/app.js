@@ -95,6 +95,9 @@
     'order.status.cancelled': 'Cancelled',
     'order.status.returned': 'Returned',
     'ended.goodbye': 'Thank you, goodbye!',
+    'camera.product': 'Shown to the camera: {label}',
+    'camera.order': 'Shown to the camera: an order code',
+    'camera.code': 'Shown to the camera: a code',
   });
 
   let strings = { ...FALLBACK_STRINGS };
@@ -349,7 +352,7 @@
   // ------------------------------------------------------------------ incoming messages
 
   function handleMessage(msg) {
-    if (msg.type !== 'voice_state') touchIdle(); // the kiosk's voice state is not this customer doing anything
+    if (msg.type !== 'voice_state' && msg.type !== 'wake') touchIdle(); // the kiosk's voice state is not this customer doing anything
     const sameSession = !msg.session || !state.session || msg.session === state.session;
     switch (msg.type) {
       case 'session': {
@@ -372,6 +375,13 @@
           // A spoken turn: its question is already on screen (the final caption); a typed turn may still be
           // waiting for its own answer, so its bookkeeping is left alone.
           setCaption('', false);
+        } else if (msg.channel === 'camera') {
+          // A scan: show what the camera took it for on the customer's side, like a question they asked.
+          if (state.view !== 'conversation') showConversation(false);
+          const seen = msg.sighting && typeof msg.sighting === 'object' ? msg.sighting : {};
+          const label = str(seen.label);
+          addCustomerMessage(seen.kind === 'product' && label ? t('camera.product', { label })
+            : seen.kind === 'order' ? t('camera.order') : t('camera.code'));
         } else {
           setWaiting(false);
           state.lastTurn = null;
@@ -395,6 +405,12 @@
       case 'ended': {
         if (!sameSession) return;
         showAttract();
+        break;
+      }
+      case 'wake': {
+        // A face at the kiosk or a code held up on the attract screen: start a conversation (which attaches the
+        // camera to it, so a waiting scan is answered at once).
+        if (state.view !== 'conversation') start(false);
         break;
       }
       case 'voice_state': {
