@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     from export.retrieval import export_retrieval_model
 
     export_retrieval_model(args.out)
+    from export.expression import export_expression_model  # the face cue for frustration (docs/expression.md)
+
+    export_expression_model(args.out)
     log.info("wrote %s", args.out)
     return 0
 

@@ -70,13 +70,20 @@ def _axis_range(dim: int | str, build: TrtBuildConfig, max_len: int) -> tuple[in
     return 1, min(build.opt_length, max_len), max_len
 
 
+# Build settings a plan depends on beyond its profile. The batch and length ranges are left out on purpose: the
+# resolved shapes already hold whatever they change, and an image model (fixed H and W) must not be rebuilt
+# because the text model's max_length changed.
+_PLAN_SETTINGS = ("workspace_mb", "fp16")
+
+
 def build_fingerprint(shapes: ProfileShapes, precision: str, build: TrtBuildConfig) -> str:
     """Everything besides the model bytes that changes the plan TensorRT would build."""
+    settings = asdict(build)
     return json.dumps(
         {
             "shapes": {k: [list(s) for s in v] for k, v in sorted(shapes.items())},
             "precision": precision,
-            "build": asdict(build),
+            "build": {k: settings[k] for k in _PLAN_SETTINGS},
         },
         sort_keys=True,
     )

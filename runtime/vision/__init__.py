@@ -18,6 +18,7 @@ from runtime.vision.barcode import (
     decode,
     resolve,
 )
+from runtime.vision.expression import ExpressionReader, ExpressionReading
 from runtime.vision.face import FaceDetector, FacePresence, FaceReading, PresenceEvent
 from runtime.vision.images import MAX_IMAGE_PIXELS, as_bgr, as_gray, load_image
 from runtime.vision.ocr import OcrReader, TextLine, find_order_ids, read_text
@@ -27,6 +28,8 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "MAX_PAYLOAD_CHARS",
     "Code",
+    "ExpressionReader",
+    "ExpressionReading",
     "FaceDetector",
     "FacePresence",
     "FaceReading",
