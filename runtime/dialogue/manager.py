@@ -42,6 +42,18 @@ STATUS_TEXT = {
 }
 
 
+# "does this contain milk?", "is it made with nuts": the word after is an ingredient, not the product asked about.
+_INGREDIENT_BEFORE = re.compile(r"\b(contains?|containing|have|has|with|without|free of|made of|traces of|any)\s+(any\s+|some\s+)?$", re.I)
+
+
+def _ingredient_mention(text: str, ent: dict) -> bool:
+    start = ent.get("start")
+    if not isinstance(start, int) or not any(kind == "allergen" and pat.search(str(ent.get("text", "")))
+                                             for pat, _, _, kind in _FACTS):
+        return False
+    return bool(_INGREDIENT_BEFORE.search(text[:start]))
+
+
 DEICTIC = re.compile(r"\b(it|its|it's|this|that|they|them|those|these|one)\b", re.I)
 
 
@@ -321,7 +333,8 @@ class DialogueManager:
             return []
         found: list[Any] = []
         # A named product first; a category ("potatoes", "yoghurt") gives the products in it.
-        ents = sorted((e for e in u.entities if e.get("type") in ("product", "product_category")),
+        ents = sorted((e for e in u.entities if e.get("type") in ("product", "product_category")
+                       and not _ingredient_mention(u.text, e)),
                       key=lambda e: e.get("type") != "product")
         for e in ents:
             if found and e.get("type") == "product_category":
