@@ -42,6 +42,7 @@ class SessionState:
     # product sighting (a scan or a recognition, or "unknown"), for "this one" / "how much is it".
     camera: bool = False
     in_view: Any = None  # runtime.events.Sighting
+    face_cue: tuple[tuple[float, ...], float] | None = None  # (FER2013 probabilities, monotonic ts) of the nearest face
     last_intent: str | None = None
     last_reply: str | None = None
     pending: dict[str, Any] | None = None  # {"kind": "slot"|"confirm"|"clarify", ...}
@@ -61,7 +62,7 @@ class SessionState:
 
     def wipe(self) -> None:
         self.last_product = self.last_intent = self.last_reply = None
-        self.in_view = None
+        self.in_view = self.face_cue = None
         self.pending = None
         self.failures = 0
         self.closed = True

@@ -38,11 +38,12 @@ class FrameResult:
     sightings: list[Sighting] = field(default_factory=list)
     presence: Any = None  # runtime.vision.face.PresenceEvent
     faces: int | None = None  # faces counted this frame (None: not checked)
+    expression: Any = None  # runtime.vision.expression.ExpressionReading of the largest face, when read
     blank: bool = False
 
 
 class Perception:
-    def __init__(self, kb=None, orders=None, *, recognizer=None, presence=None, ocr=None,
+    def __init__(self, kb=None, orders=None, *, recognizer=None, presence=None, ocr=None, expression=None,
                  product_every_s: float = 0.5, stable_runs: int = 2, face_every_n: int = 3,
                  ocr_every_s: float = 2.0, clock=time.monotonic) -> None:
         self._kb = kb  # a KnowledgeBase, or a callable returning the current one (the KB hot-reloads)
@@ -50,6 +51,7 @@ class Perception:
         self.recognizer = recognizer  # runtime.vision.products.ProductRecognizer or None
         self.presence = presence  # runtime.vision.face.FacePresence or None
         self.ocr = ocr  # runtime.vision.ocr.OcrReader or None
+        self.expression = expression  # runtime.vision.expression.ExpressionReader or None (needs presence)
         self.product_every_s = float(product_every_s)
         self.stable_runs = max(1, int(stable_runs))
         self.face_every_n = max(1, int(face_every_n))
@@ -159,8 +161,14 @@ class Perception:
             reading = self._guard("face", self.presence.update, image, ts)
             if reading is not None:
                 res.faces, res.presence = reading.count, reading.event
+                if self.expression is not None and reading.boxes:
+                    # the customer is the largest face (nearest the screen); a face too small or flat to read is
+                    # simply no cue this time
+                    box = max(reading.boxes, key=lambda b: int(b[2]) * int(b[3]))
+                    res.expression = self._guard("expression", self.expression.read, image, box)
         return res
 
     def health(self) -> dict[str, Any]:
         return {"frames": self.frames, "blank_frames": self.blank_frames, "errors": dict(self.errors),
-                "products": self.recognizer is not None, "faces": self.presence is not None, "ocr": self.ocr is not None}
+                "products": self.recognizer is not None, "faces": self.presence is not None, "ocr": self.ocr is not None,
+                "expression": self.expression is not None}

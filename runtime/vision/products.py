@@ -3,6 +3,7 @@
     rec = ProductRecognizer.from_bundle("models/bundles/kiosk")
     pred = rec.predict_one(frame)            # BGR uint8 (H, W, 3), as OpenCV and device.camera deliver it
     pred.unknown, pred.fine_id, pred.top_k   # open-set decision, best guess, alternatives
+    pred.embedding                           # unit vector in the text encoder's space, or None (older bundles)
 
 Torch-free. Everything the decision needs (input size, crop, normalisation, labels, temperature, the
 rejection score and threshold, how coarse classes are read) comes from the bundle's ``products`` entry,
@@ -23,6 +24,7 @@ from runtime.errors import BundleError, InputError
 from runtime.vision.images import as_bgr
 
 MODEL = "products"
+EMBEDDING = "image_embedding"
 TOP_K = 3
 BATCH = 16
 # Below this the centre crop is mostly interpolation: refuse rather than guess.
@@ -94,6 +96,9 @@ class ProductPrediction:
     coarse_prob: float
     unknown: bool  # open-set decision: not a catalogue product, or not confidently one
     score: float  # the rejection score the threshold applies to (higher = more like the catalogue)
+    # Unit image embedding in the kiosk's sentence space (runtime.vision.align); None when the bundle's model
+    # predates the alignment head.
+    embedding: np.ndarray | None = None
 
     @property
     def fine_id(self) -> int:
@@ -113,9 +118,16 @@ class ProductPrediction:
                 "top_k": [g.as_dict() for g in self.top_k]}
 
 
-def open_set_score(logits: np.ndarray, temperature: float, kind: str) -> np.ndarray:
+OPEN_SET_SCORES = ("max_prob", "neg_energy", "coarse_prob", "text_sim")
+
+
+def open_set_score(logits: np.ndarray, temperature: float, kind: str, *, fine_to_coarse: Sequence[int] | None = None,
+                   n_coarse: int | None = None, text_sims: np.ndarray | None = None) -> np.ndarray:
     """Higher = more like a catalogue product. ``max_prob``: calibrated top probability; ``neg_energy``:
-    T·logsumexp(logits/T), which keeps the logits' magnitude that softmax throws away."""
+    T·logsumexp(logits/T), which keeps the logits' magnitude that softmax throws away; ``coarse_prob``: the
+    top coarse class's probability (fine probabilities summed: two apples it cannot tell apart are still
+    clearly an apple); ``text_sim``: the image embedding's best cosine to a product's catalogue text
+    (``text_sims``: (n, products) cosines, see ``runtime.vision.align``)."""
     z = logits / temperature
     m = z.max(1, keepdims=True)
     if kind == "max_prob":
@@ -123,7 +135,16 @@ def open_set_score(logits: np.ndarray, temperature: float, kind: str) -> np.ndar
         return (1.0 / e.sum(1)).astype(np.float64)
     if kind == "neg_energy":
         return (temperature * (m[:, 0] + np.log(np.exp(z - m).sum(1)))).astype(np.float64)
-    raise BundleError(f"unknown open-set score {kind!r} (expected max_prob or neg_energy)")
+    if kind == "coarse_prob":
+        if fine_to_coarse is None:
+            raise BundleError("the coarse_prob open-set score needs the fine → coarse table")
+        return coarse_from_fine(_softmax(z), fine_to_coarse, int(n_coarse or max(fine_to_coarse) + 1)).max(1)
+    if kind == "text_sim":
+        if text_sims is None:
+            raise BundleError("the text_sim open-set score needs the model's image_embedding and the catalogue "
+                              "text vectors (models.products.align in the manifest)")
+        return np.asarray(text_sims, np.float64).max(1)
+    raise BundleError(f"unknown open-set score {kind!r} (expected one of {', '.join(OPEN_SET_SCORES)})")
 
 
 def coarse_from_fine(fine_probs: np.ndarray, fine_to_coarse: Sequence[int], n_coarse: int) -> np.ndarray:
@@ -171,8 +192,20 @@ class ProductRecognizer:
         if self.coarse_from not in ("fine_sum", "head"):
             raise BundleError(f"{where}.coarse_from must be fine_sum or head, got {self.coarse_from!r}",
                               code="bundle_manifest")
-        open_set_score(np.zeros((1, 2)), 1.0, self.score_kind)  # fail at load, not on the first customer
+        if self.score_kind not in OPEN_SET_SCORES:  # fail at load, not on the first customer
+            raise BundleError(f"{where}.open_set.score {self.score_kind!r} is not one of {', '.join(OPEN_SET_SCORES)}",
+                              code="bundle_manifest")
         self.input_name = spec.inputs[0].name
+        self.has_embedding = any(o.name == EMBEDDING for o in spec.outputs)
+        # The catalogue vectors of the alignment (None for bundles exported without it).
+        self.matcher = None
+        if self.has_embedding and isinstance(extra.get("align"), dict):
+            from runtime.vision.align import CatalogMatcher
+
+            self.matcher = CatalogMatcher.from_bundle(engine.bundle, model)
+        if self.score_kind == "text_sim" and self.matcher is None:
+            raise BundleError(f"{where}.open_set uses text_sim but the model has no image_embedding output or "
+                              "align block", code="bundle_manifest")
         self.runner = engine.runner(model)
 
     @classmethod
@@ -185,6 +218,17 @@ class ProductRecognizer:
         out = self.runner.infer({self.input_name: batch})
         return out["fine_logits"], out["coarse_logits"]
 
+    def run(self, frames: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Every output of the model for ``frames`` (preprocessed here), concatenated over batches."""
+        if isinstance(frames, np.ndarray):
+            raise InputError("run() takes a list of frames", code="frame")
+        xs = [preprocess(f, self.preprocess_params, name=f"frame {i}") for i, f in enumerate(frames)]
+        parts: dict[str, list[np.ndarray]] = {}
+        for s in range(0, len(xs), BATCH):
+            for k, v in self.runner.infer({self.input_name: np.stack(xs[s : s + BATCH])}).items():
+                parts.setdefault(k, []).append(np.asarray(v))
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
     def predict(self, frames: Sequence[Any], top_k: int = TOP_K) -> list[ProductPrediction]:
         if isinstance(frames, np.ndarray):
             raise InputError("predict() takes a list of frames; use predict_one() for a single frame", code="frame")
@@ -193,26 +237,37 @@ class ProductRecognizer:
         xs = [preprocess(f, self.preprocess_params, name=f"frame {i}") for i, f in enumerate(frames)]
         results: list[ProductPrediction] = []
         for s in range(0, len(xs), BATCH):
-            fine, coarse = self.logits(np.stack(xs[s : s + BATCH]))
-            results += self.decide(fine, coarse, top_k)
+            out = self.runner.infer({self.input_name: np.stack(xs[s : s + BATCH])})
+            results += self.decide(out["fine_logits"], out["coarse_logits"], top_k, out.get(EMBEDDING))
         return results
 
     def predict_one(self, frame: Any, top_k: int = TOP_K) -> ProductPrediction:
         return self.predict([frame], top_k)[0]
 
-    def decide(self, fine_logits: np.ndarray, coarse_logits: np.ndarray, top_k: int = TOP_K) -> list[ProductPrediction]:
+    def decide(self, fine_logits: np.ndarray, coarse_logits: np.ndarray, top_k: int = TOP_K,
+               embeddings: np.ndarray | None = None) -> list[ProductPrediction]:
         probs = _softmax(fine_logits.astype(np.float64) / self.temperature)
         if self.coarse_from == "head":
             cprobs = _softmax(coarse_logits.astype(np.float64) / self.temperature)
         else:
             cprobs = coarse_from_fine(probs, self.fine_to_coarse, len(self.coarse_labels))
-        scores = open_set_score(fine_logits.astype(np.float64), self.temperature, self.score_kind)
+        sims = None
+        if self.score_kind == "text_sim":
+            if embeddings is None:
+                raise BundleError("the open-set rule needs the image_embedding output, which the model did not return")
+            sims = self.matcher.text_similarity(embeddings)
+        scores = open_set_score(fine_logits.astype(np.float64), self.temperature, self.score_kind,
+                                fine_to_coarse=self.fine_to_coarse, n_coarse=len(self.coarse_labels), text_sims=sims)
         out = []
         for row in range(len(probs)):
             order = np.argsort(-probs[row])[:top_k]
             guesses = tuple(ProductGuess(int(k), int(self.fine_to_coarse[k]), float(probs[row, k]), self.fine_labels[k],
                                          self.coarse_labels[int(self.fine_to_coarse[k])]) for k in order)
             c = int(cprobs[row].argmax())
+            emb = None
+            if embeddings is not None:
+                e = np.asarray(embeddings[row], np.float32)
+                emb = e / max(float(np.linalg.norm(e)), 1e-12)
             out.append(ProductPrediction(guesses, c, float(cprobs[row, c]), bool(scores[row] < self.threshold),
-                                         float(scores[row])))
+                                         float(scores[row]), emb))
         return out

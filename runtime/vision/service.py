@@ -106,12 +106,21 @@ class VisionService:
                 self.parts_loaded["faces"] = "on"
             except Exception as exc:
                 self.parts_loaded["faces"] = f"off: {exc}"
+        expression = None
+        if presence is not None:
+            try:
+                from runtime.vision.expression import ExpressionReader
+
+                expression = ExpressionReader(self.parts.kiosk.classifier.engine)
+                self.parts_loaded["expression"] = "on"
+            except Exception as exc:  # a bundle without the expression model: presence still works
+                self.parts_loaded["expression"] = f"off: {exc}"
         if cfg.get("camera.ocr"):
             from runtime.vision.ocr import OcrReader
 
             ocr = OcrReader()  # loads on first use: most customers never show a receipt
             self.parts_loaded["ocr"] = "on demand"
         perception = Perception(lambda: services.kb, services.orders, recognizer=recognizer, presence=presence,
-                                ocr=ocr, product_every_s=float(cfg.get("camera.product_every_s")))
+                                ocr=ocr, expression=expression, product_every_s=float(cfg.get("camera.product_every_s")))
         return VisionStage(self.parts.kiosk, camera, perception, repeat_after_s=float(cfg.get("camera.repeat_after_s")),
                            recognized_cards=bool(cfg.get("camera.recognized_cards")), wake_on_face=bool(cfg.get("camera.faces")))

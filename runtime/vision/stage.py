@@ -55,7 +55,6 @@ class VisionStage:
         self._last_seen: dict[tuple[str, str | None], float] = {}  # (kind, value) -> last time in view
         self._pending: Sighting | None = None
         self._woke_at = float("-inf")
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vision")
         self._bg: set[asyncio.Future] = set()
 
     # ---- the page ---------------------------------------------------------------------------------------
@@ -82,6 +81,7 @@ class VisionStage:
     # ---- the loop -----------------------------------------------------------------------------------------
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vision")  # one thread: the detectors are not re-entrant
         try:
             while True:
                 frame = await self.camera.aread(timeout=1.0)
@@ -99,6 +99,10 @@ class VisionStage:
         now = self.clock()
         if result.presence is not None:
             await self._presence(result.presence)
+        if result.expression is not None:
+            st = self._state()
+            if st is not None:  # the face cue for this customer's frustration (never the face itself)
+                st.face_cue = (tuple(result.expression.probabilities), now)
         for s in result.sightings:
             key = (s.kind, s.value)
             last = self._last_seen.get(key)
@@ -153,7 +157,8 @@ class VisionStage:
         elif ev.kind == "left":
             st = self._state()
             if st is not None:
-                st.in_view = None  # the next customer does not inherit "this one"
+                st.in_view = None  # the next customer does not inherit "this one" (or this one's mood)
+                st.face_cue = None
             self._last_seen.clear()
 
     def _spawn(self, coro) -> None:

@@ -363,3 +363,31 @@ def test_camera_config_and_run_flag():
             load_config(None, bad)
     args = build_parser().parse_args(["run", "--camera", "rtsp://10.0.0.5/stream"])
     assert args.camera == "rtsp://10.0.0.5/stream"
+
+
+def test_the_nearest_face_gives_a_cue_for_frustration_and_it_leaves_with_the_visitor(tmp_path):
+    from runtime.vision.expression import ExpressionReader
+    from runtime.vision.face import FacePresence
+
+    async def body(parts, messages):
+        from runtime.vision.stage import VisionStage
+
+        kiosk = parts.kiosk
+        st = await kiosk.start_session("page-7")
+        reader = ExpressionReader(kiosk.classifier.engine)
+        per = Perception(parts.services.kb, presence=FacePresence(arrive_frames=2, leave_frames=3), face_every_n=1,
+                         expression=reader)
+        stage = VisionStage(kiosk, FakeCamera([drawn_face(200)] * 4), per)
+        stage.attach("page-7")
+        await stage.run()
+        cue = st.face_cue
+        empty = np.full((480, 640, 3), 120, np.uint8)
+        empty[::7] = 60
+        stage.camera = FakeCamera([empty] * 4)
+        await stage.run()
+        return cue, st.face_cue, per
+
+    (cue, after, per), _, _ = run_kiosk(tmp_path, body)
+    probs, ts = cue
+    assert len(probs) == 7 and abs(sum(probs) - 1) < 1e-3 and ts > 0
+    assert after is None and per.errors["expression"] == 0
