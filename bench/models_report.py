@@ -53,6 +53,18 @@ def ece_of(clf, examples: list[Example]) -> float:
     return expected_calibration_error(p, np.array([index[e.label] for e in keep]))
 
 
+def keep_sections(doc: str, old_path: Path) -> str:
+    """Sections other benchmarks own (between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``, with the heading
+    just above) survive this rewrite: bench/fusion_eval.py writes the fusion ablation there."""
+    import re
+
+    old = old_path.read_text() if old_path.exists() else ""
+    for m in re.finditer(r"(## [^\n]*\n+)?<!-- (\w+):begin -->.*?<!-- \2:end -->\n?", old, re.S):
+        if f"<!-- {m.group(2)}:begin -->" not in doc:
+            doc = doc.rstrip("\n") + "\n\n" + m.group(0)
+    return doc
+
+
 def main() -> int:
     clf = IntentClassifier.from_bundle(default_bundle_dir())
     manifest = json.loads((default_bundle_dir() / "manifest.json").read_text())["models"]["intent"]
@@ -172,6 +184,7 @@ Rule-based extractor (`runtime/entities.py`); evaluation: `python -m models.eval
 
 {entity_section()}
 """
+    doc = keep_sections(doc, (REPO / "docs" / "models.md"))
     (REPO / "docs" / "models.md").write_text(doc)
     print("wrote docs/models.md")
     return 0

@@ -24,6 +24,9 @@ def _add_data_args(p: argparse.ArgumentParser, oos: bool = True) -> None:
         p.add_argument("--oos-label", default=None, help="the label that marks out-of-scope rows, e.g. 'oos'")
 
 
+PASS_THROUGH = ("fusion", "align")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="storeclerk", description="Offline multimodal customer-service kiosk")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -115,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="open-set threshold: share of held-out catalogue photos it may reject (default 0.05)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    # These two own their options (models/fusion/train.py, models/align/cli.py): everything after the name is theirs.
+    for name, what in (("fusion", "the multimodal fusion model (early/late/attention) on composed turns"),
+                       ("align", "the image→MiniLM-text projection (CLIP-style) over the product backbone")):
+        tsub.add_parser(name, help=f"train {what}; --help for its options", add_help=False)
+
     p = sub.add_parser("eval", help="evaluate a bundle on labelled data")
     esub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     e = esub.add_parser("intents", help="accuracy, macro-F1, per-class and out-of-scope numbers")
@@ -127,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, help="dataset directory (holds classes.csv)")
     e.add_argument("--list", required=True, help="list file, e.g. val.txt")
     e.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    for name, what in (("fusion", "the fusion variants on the composed test split, every modality subset"),
+                       ("align", "image→text and text→image recall@1/@5 on val, descriptive queries")):
+        esub.add_parser(name, help=f"evaluate {what}; --help for its options", add_help=False)
 
     p = sub.add_parser("export", help="workstation stage: torch checkpoint → ONNX → INT8/FP16 → verified bundle")
     xsub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -153,7 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "what", None) in PASS_THROUGH and args.command in ("train", "eval"):
+        args.rest = rest  # their own parsers read these (and print their own --help)
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     # Libraries (onnxruntime's quantiser among them) log chatter on the root logger: only warnings from them.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("storeclerk").setLevel(logging.DEBUG if args.verbose else logging.INFO)

@@ -228,6 +228,30 @@ def cmd_eval_intents(args) -> int:
     return 0
 
 
+def cmd_train_fusion(args) -> int:
+    from models.fusion.train import train_fusion_main
+
+    return train_fusion_main(args.rest)
+
+
+def cmd_eval_fusion(args) -> int:
+    from models.fusion.train import eval_fusion_main
+
+    return eval_fusion_main(args.rest)
+
+
+def cmd_train_align(args) -> int:
+    from models.align.cli import train_align_main
+
+    return train_align_main(args.rest)
+
+
+def cmd_eval_align(args) -> int:
+    from models.align.cli import eval_align_main
+
+    return eval_align_main(args.rest)
+
+
 def cmd_eval_products(args) -> int:
     from models.products.data import load_dataset
     from models.products.evaluate import evaluate

@@ -29,6 +29,8 @@ class Sighting:
     label: str = ""
     box: tuple[int, int, int, int] | None = None
     ts: float = field(default_factory=time.monotonic)
+    # the product model's best guesses, (class index, probability), for the fusion model's image input
+    top_k: tuple[tuple[int, float], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "value": self.value, "score": round(float(self.score), 4), "source": self.source,

@@ -43,6 +43,12 @@ SIGHTING_INTENTS = {"product": "product_info", "order": "track_order", "code": "
 # "What is this?" said to a kiosk with a camera asks about the thing held up, whatever the text model thinks
 # (it reads "what is this?" alone as a request for help: measured on the kiosk bundle).
 WHAT_IS_THIS = re.compile(r"\s*(what('s| is| are)|which (product|one) is) (this|that|these|those|it)( one| thing| product| here)?\s*[?.!]*\s*", re.I)
+# A question with "this/it/these" stays about the view whatever the fusion model's pointing score says: the rule
+# is what the dialogue uses too, and the model's doubt matters for questions with no such word.
+DEICTIC_WORD = re.compile(r"\b(it|its|this|that|these|those|one|ones|them|they)\b", re.I)
+FACE_CUE_TTL_S = 5.0
+PRODUCT_INTENTS = frozenset({"product_info", "product_price", "find_product"})
+FUSED_INTENT_MIN = 0.5  # a face reading older than this is not this turn's face
 MAX_TEXT = 2000  # characters kept from one turn; the encoder reads 128 tokens anyway
 
 
@@ -73,7 +79,12 @@ class Kiosk:
         self.metrics = metrics or Metrics()
         self.voice = None  # the VoiceStage when a microphone and speaker are configured (server: voice messages)
         self.vision = None  # the VisionStage when a camera is configured
-        self.fusion = None  # runtime.fusion.FusionModel when the bundle has one
+        self.fusion = None  # runtime.fusion.FusionModel when the bundle has one (and it fits the bundle's models)
+        engine = getattr(classifier, "engine", None)
+        if engine is not None and getattr(engine, "bundle", None) is not None:
+            from runtime.fusion import load_optional
+
+            self.fusion = load_optional(engine)
         self.view_ttl_s = 20.0  # how long a sighting stays "this one" (config camera.view_ttl_s)
         self.sessions = SessionManager(idle_timeout_s, max_sessions)
         self.queue_size = queue_size
@@ -236,11 +247,47 @@ class Kiosk:
             intent, conf, oos = pred.intent, pred.confidence, pred.out_of_scope
             if camera and WHAT_IS_THIS.fullmatch(ev.text):
                 intent, conf, oos = "product_info", max(conf, 0.9), False
+            product = seen.value if seen is not None and seen.kind == "product" else None
+            fused = self._fuse(ev, pred, st, seen, now) if emb is not None else None
+            emotion = refers = frustration = None
+            if fused is not None:
+                refers, frustration = fused.refers_to_view, fused.frustration
+                emotion = "frustrated" if fused.frustrated else "calm"
+                if product is not None and refers < self.fusion.refers_threshold and not DEICTIC_WORD.search(ev.text):
+                    product = None  # "how much are bananas" while holding milk: the question is not about the view
+                if product is not None and intent not in PRODUCT_INTENTS and fused.intent in PRODUCT_INTENTS \
+                        and fused.confidence >= FUSED_INTENT_MIN and refers >= self.fusion.refers_threshold:
+                    # "tell me about this" with a pack held up: the text model alone reads a request for help; the
+                    # fusion model, seeing the product, reads a product question (docs/fusion.md)
+                    intent, conf, oos = fused.intent, fused.confidence, False
             out.append(Understanding(ev.session, ev.turn, ev.text, intent, conf, oos, ents,
-                                     tuple(pred.alternatives), channel=ev.channel,
-                                     product=seen.value if seen is not None and seen.kind == "product" else None,
-                                     stage_ms=(("intent", (t_int - t0) * 1000),), audio=ev.audio, sighting=seen))
+                                     tuple(pred.alternatives), channel=ev.channel, product=product, emotion=emotion,
+                                     stage_ms=(("intent", (t_int - t0) * 1000),), audio=ev.audio, sighting=seen,
+                                     refers_to_view=refers, frustration=frustration))
         return out
+
+    def _fuse(self, ev: TouchText, pred, st: SessionState | None, seen: Sighting | None, now: float):
+        """The fusion model's reading of this turn (text + what is in view + the voice's prosody + the face cue),
+        or None without a fusion model. It never overrides the intent model's intent or out-of-scope decision
+        (that rejection is calibrated on CLINC150; docs/fusion.md); it says whether the question points at the
+        view, and whether the customer sounds frustrated."""
+        if self.fusion is None:
+            return None
+        try:
+            image = None
+            if seen is not None and seen.kind == "product":
+                if seen.top_k:
+                    image = self.fusion.image_vector(top_k=seen.top_k)
+                elif seen.value in self.fusion.product_ids:
+                    image = self.fusion.image_vector(product=seen.value)
+            face = None
+            if st is not None and st.face_cue is not None and now - st.face_cue[1] <= FACE_CUE_TTL_S:
+                face = st.face_cue[0]
+            return self.fusion.predict(pred.embedding, image=image, face=face, audio=ev.audio or None)
+        except Exception as exc:  # a fusion failure costs the cues, never the turn
+            log.warning("fusion model failed on a turn: %s", exc)
+            self.metrics.inc("storeclerk_stage_errors_total", stage="fusion")
+            return None
 
     @staticmethod
     def _camera_understanding(ev: TouchText) -> Understanding:

@@ -47,6 +47,7 @@ class SessionState:
     last_reply: str | None = None
     pending: dict[str, Any] | None = None  # {"kind": "slot"|"confirm"|"clarify", ...}
     failures: int = 0
+    frustrated_turns: int = 0  # turns in a row the fusion model heard as frustrated
     handed_off: bool = False
     closed: bool = False
 
@@ -64,7 +65,7 @@ class SessionState:
         self.last_product = self.last_intent = self.last_reply = None
         self.in_view = self.face_cue = None
         self.pending = None
-        self.failures = 0
+        self.failures = self.frustrated_turns = 0
         self.closed = True
 
 

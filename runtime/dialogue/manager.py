@@ -54,6 +54,7 @@ def _ingredient_mention(text: str, ent: dict) -> bool:
     return bool(_INGREDIENT_BEFORE.search(text[:start]))
 
 
+FRUSTRATED_TURNS = 2
 DEICTIC = re.compile(r"\b(it|its|it's|this|that|they|them|those|these|one)\b", re.I)
 
 
@@ -128,6 +129,11 @@ class DialogueManager:
         if not u.text.strip():
             return self._act(u, "answer", self.spec.text("empty"))
         if any(p.search(u.text) for p in self.spec.frustration):
+            return self.handoff(u, st, "frustration")
+        # The fusion model's frustration cue (words, voice, face) is a guess per turn (F1 ≈ 0.5–0.6 on composed
+        # data, docs/fusion.md): one frustrated-sounding turn does not call staff, two in a row do.
+        st.frustrated_turns = st.frustrated_turns + 1 if u.emotion == "frustrated" else 0
+        if st.frustrated_turns >= FRUSTRATED_TURNS:
             return self.handoff(u, st, "frustration")
         if st.pending:
             act = self._pending(u, st)
@@ -285,7 +291,7 @@ class DialogueManager:
     # ------------------------------------------------------------------------------------------- actions
     def handoff(self, u: Understanding, st: SessionState, reason: str) -> Action:
         st.handed_off = True
-        st.failures = 0
+        st.failures = st.frustrated_turns = 0
         st.pending = None
         key = {"failures": "handoff_failures", "frustration": "handoff_frustration"}.get(reason, "handoff")
         card = {"type": "staff", "text": "Someone is coming to help you.", "source": None}
@@ -343,7 +349,10 @@ class DialogueManager:
                     if all(_attr(p, "id") != _attr(q, "id") for q in found):
                         found.append(p)
         deictic = bool(DEICTIC.search(u.text))
-        if not found and deictic and u.product:  # "is this gluten-free?" with a product in view or just scanned
+        # The loop keeps ``u.product`` for a question without "this/it" only when the fusion model says it points
+        # at the view ("how much?" with a pack held up); otherwise the word decides.
+        points = deictic or (u.product is not None and u.refers_to_view is not None)
+        if not found and points and u.product:  # "is this gluten-free?" with a product in view or just scanned
             p = kb.product(u.product)
             if p is not None:
                 return [p]

@@ -107,7 +107,8 @@ class Perception:
             return Sighting("unknown", None, float(pred.score), "recognizer", "", None, ts)
         p = self.kb.product(pid) if self.kb is not None else None
         label = (getattr(p, "display_name", None) or pred.label) if p is not None else pred.label
-        return Sighting("product", pid, float(pred.prob), "recognizer", label, None, ts)
+        top_k = tuple((int(g.fine_id), float(g.prob)) for g in getattr(pred, "top_k", ()))
+        return Sighting("product", pid, float(pred.prob), "recognizer", label, None, ts, top_k)
 
     def _catalog_id(self, fine_id: int, label: str) -> str | None:
         """The knowledge-base id of the recognizer's class: the catalog row named like the class label (the data
