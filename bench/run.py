@@ -5,6 +5,8 @@
     python bench/run.py --only-runtime  # only the kiosk runtime and KB retrieval benchmarks
     python bench/run.py --only-voice    # only the voice benchmarks (spoken set, latency, barge-in; ~25 min)
     python bench/run.py --skip-voice    # everything but the voice benchmarks (their last results are kept)
+    python bench/run.py --only-vision   # only the vision and fusion benchmarks (bench/vision_report.py; ~10 min)
+    python bench/run.py --skip-vision   # everything but those (their last results are kept)
 
 Benchmarks never fail on timing: each target is reported as met or not met, with the measured median.
 """
@@ -284,8 +286,16 @@ def main() -> int:
     ap.add_argument("--only-runtime", action="store_true", help="only the kiosk runtime and KB retrieval benchmarks")
     ap.add_argument("--only-voice", action="store_true", help="only the voice benchmarks")
     ap.add_argument("--skip-voice", action="store_true", help="no voice benchmarks (their last results are kept)")
+    ap.add_argument("--only-vision", action="store_true", help="only the vision and fusion benchmarks")
+    ap.add_argument("--skip-vision", action="store_true", help="no vision benchmarks (their last results are kept)")
     ap.add_argument("--render-only", action="store_true", help="rewrite docs/benchmarks.md from bench/results/")
     args = ap.parse_args()
+    sys.path.insert(0, str(REPO / "bench"))
+    import vision_report
+
+    if args.only_vision:
+        vision_report.run_vision()
+        args.render_only = True
     if args.render_only:
         load = lambda n: json.loads((RESULTS / n).read_text()) if (RESULTS / n).exists() else None  # noqa: E731
         import re
@@ -294,6 +304,7 @@ def main() -> int:
         m = re.search(r"on (\d{4}-\d\d-\d\d \d\d:\d\d) UTC", old)  # keep when the other sections were measured
         doc = render(load("text.json"), load("intent_domains.json"), m.group(1) if m else "?", load("runtime.json"),
                      load("kb_retrieval.json")) + "\n".join(render_voice(load("voice.json"))) + "\n"
+        doc += "\n".join(vision_report.render_vision(vision_report.load())) + "\n"
         (REPO / "docs" / "benchmarks.md").write_text(doc)
         return 0
     if args.only_voice:
@@ -352,6 +363,8 @@ def main() -> int:
     elif (RESULTS / "voice.json").exists():
         voice = json.loads((RESULTS / "voice.json").read_text())
     doc = render(text, domains, started, runtime, kb) + "\n".join(render_voice(voice)) + ("\n" if voice else "")
+    vision = vision_report.load() if args.skip_vision else vision_report.run_vision()
+    doc += "\n".join(vision_report.render_vision(vision)) + "\n"
     (REPO / "docs" / "benchmarks.md").write_text(doc)
     print("[bench] wrote docs/benchmarks.md", flush=True)
     return 0 if text is not None and runtime is not None and kb is not None and (args.skip_voice or voice) else 1

@@ -1,7 +1,14 @@
 """The product model: checkpoint → ONNX (opset 17, dynamic batch) → static INT8 (QDQ) → parity → open-set
 calibration on the deployed variant → the ``products`` entry of a bundle.
 
-    python -m export.products --checkpoint build/products/checkpoint.pt --bundle models/bundles/kiosk
+    python -m export.products --checkpoint build/products/checkpoint.pt --bundle models/bundles/kiosk \
+        [--align build/align/head.pt]
+
+With ``--align`` (an image ↔ text projection head, ``storeclerk train align``) the graph gets a third output,
+``image_embedding`` [batch, 384]: the head applied to the same pooled features, L2-normalised, in the space of
+the bundle's ``retrieval`` text encoder. Its parity is checked like the logits (cosine to the reference and the
+held-out image → text recall), and the catalogue's text vectors plus one picture embedding per product are
+stored next to the model (``products/align.npz``) for ``runtime.vision.align.CatalogMatcher``.
 
 ``storeclerk train products`` calls :func:`export_product_model` on the bundle it writes. An existing bundle
 keeps every other model byte for byte (it must verify first; the manifest is rewritten by
@@ -41,9 +48,18 @@ log = logging.getLogger("storeclerk.export")
 MODEL_NAME = "products"
 INPUT = "image"
 OUTPUTS = ("fine_logits", "coarse_logits")
+EMBEDDING = "image_embedding"
+ALIGN_FILE = "align.npz"
+# The embedding's own parity bounds: mean cosine to the reference (only catches a broken graph) and the
+# held-out image → text R@1 drop, held to the same one point (or two photos) as the fine accuracy.
+EMBEDDING_BOUNDS = {"fp32": {"mean_cosine": 0.9999, "max_recall_drop": 0.2},
+                    "int8": {"mean_cosine": 0.98, "max_recall_drop": 1.0}}
 PRECISIONS = ("fp32", "int8")
 N_CALIBRATION = 240
 NEGATIVES_PER_KIND = 60
+# The open-set threshold rejects this share of the fitting half of the out-of-catalogue stand-ins (capped by
+# --max-in-catalog-rejection on the held-out photos); see models/products/openset.py for why.
+MIN_NEGATIVES_REJECTED = 0.9
 # fp32 ONNX must match torch. INT8's requirement is accuracy within one point of fp32 (DESIGN §6), or two
 # images on a small held-out split; its agreement bound only catches a broken graph: a barely trained model
 # has near-tied logits whose order INT8 may swap without costing accuracy (a 96-px smoke model: 93 %
@@ -65,29 +81,36 @@ INT8_RECIPES = (
 
 
 class _Named(torch.nn.Module):
-    """Names the graph's input ``image`` and its outputs (fine_logits, coarse_logits): the bundle's contract."""
+    """Names the graph's input ``image`` and its outputs (fine_logits, coarse_logits[, image_embedding]): the
+    bundle's contract. The projection reads the pooled features the classifier heads read (one backbone pass)."""
 
-    def __init__(self, model):
+    def __init__(self, model, projection=None):
         super().__init__()
         self.model = model
+        self.projection = projection
 
     def forward(self, image):
-        return self.model(image)
+        if self.projection is None:
+            return self.model(image)
+        f = self.model.features(image)
+        return self.model.fine(f), self.model.coarse(f), self.projection(f)
 
 
-def onnx_from_model(model, out: Path, size: int, opset: int = steps.DEFAULT_OPSET) -> Path:
+def onnx_from_model(model, out: Path, size: int, opset: int = steps.DEFAULT_OPSET, projection=None) -> Path:
     import onnx
 
     if opset < steps.MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: the bundle needs opset ≥ {steps.MIN_OPSET}")
     out.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros((2, 3, size, size), dtype=torch.float32)
-    axes = {INPUT: {0: "batch"}, **{o: {0: "batch"} for o in OUTPUTS}}
+    names = list(OUTPUTS) + ([EMBEDDING] if projection is not None else [])
+    axes = {INPUT: {0: "batch"}, **{o: {0: "batch"} for o in names}}
     with warnings.catch_warnings():
         # Same exporter as the text models (export/steps.py): the dynamo one needs onnxscript.
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Named(model).eval(), (dummy,), str(out), input_names=[INPUT], output_names=list(OUTPUTS),
-                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(_Named(model, projection).eval(), (dummy,), str(out), input_names=[INPUT],
+                          output_names=names, dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
+                          dynamo=False)
     onnx.checker.check_model(str(out))
     return out
 
@@ -163,14 +186,41 @@ def ort_session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def ort_logits(path: Path, x: np.ndarray, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def ort_outputs(path: Path, x: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:
+    """Every output of the graph, by name."""
     sess = ort_session(path)
-    fine, coarse = [], []
+    names = [o.name for o in sess.get_outputs()]
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for s in range(0, len(x), batch):
-        f, c = sess.run(list(OUTPUTS), {INPUT: x[s : s + batch]})
-        fine.append(f)
-        coarse.append(c)
-    return np.concatenate(fine), np.concatenate(coarse)
+        for n, v in zip(names, sess.run(names, {INPUT: x[s : s + batch]}), strict=True):
+            parts[n].append(v)
+    return {n: np.concatenate(v) for n, v in parts.items()}
+
+
+def ort_logits(path: Path, x: np.ndarray, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    out = ort_outputs(path, x, batch)
+    return out["fine_logits"], out["coarse_logits"]
+
+
+def compare_embedding(variant: str, ref: np.ndarray, emb: np.ndarray, y: np.ndarray, text: np.ndarray,
+                      r: parity.ParityReport, reference: str) -> dict:
+    """Cosine of each image embedding to the reference's, and held-out image → text R@1 of both (against the
+    products' text vectors); problems are added to ``r`` (one verdict per variant)."""
+    from models.align.head import recall_i2t
+
+    cos = parity.row_cosines(ref, emb)
+    r_ref, r_var = recall_i2t(ref, y, text)["R@1"], recall_i2t(emb, y, text)["R@1"]
+    b = EMBEDDING_BOUNDS[variant]
+    drop = 100 * (r_ref - r_var)
+    allowed = max(b["max_recall_drop"], 100 * 2 / max(1, len(y)))
+    if cos.mean() < b["mean_cosine"]:
+        r.problems.append(f"image_embedding mean cosine to {reference} {cos.mean():.4f} < {b['mean_cosine']}")
+    if drop > allowed:
+        r.problems.append(f"image→text R@1 {100 * r_var:.2f}% is {drop:.2f} points below {reference} (allowed {allowed:.2f})")
+    r.passed = not r.problems
+    r.max_abs_diff_embedding = float(np.abs(ref - emb).max())
+    return {"mean_cosine": round(float(cos.mean()), 6), "min_cosine": round(float(cos.min()), 6),
+            "i2t_R@1": round(r_var, 4), "reference_i2t_R@1": round(r_ref, 4), "i2t_R@1_delta_points": round(-drop, 3)}
 
 
 def compare(variant: str, ref_fine: np.ndarray, fine: np.ndarray, y: np.ndarray,
@@ -206,13 +256,14 @@ def _report(r: parity.ParityReport, reference: str) -> dict:
 def latency_ms(path: Path, size: int, threads: int = 2, runs: int = 60) -> dict:
     """Batch-1 latency of the model alone on CPU, ``threads`` intra-op threads (the kiosk budget's 2 cores)."""
     sess = ort_session(path, threads)
+    names = [o.name for o in sess.get_outputs()]
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     for _ in range(5):
-        sess.run(list(OUTPUTS), {INPUT: x})
+        sess.run(names, {INPUT: x})
     t = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        sess.run(list(OUTPUTS), {INPUT: x})
+        sess.run(names, {INPUT: x})
         t.append((time.perf_counter() - t0) * 1000)
     t.sort()
     return {"p50": round(statistics.median(t), 3), "p95": round(t[int(0.95 * (len(t) - 1))], 3), "runs": runs,
@@ -246,6 +297,71 @@ def _images(items, params: dict) -> tuple[np.ndarray, list[np.ndarray]]:
     return np.stack([preprocess(im, params) for im in imgs]), imgs
 
 
+def _load_alignment(path, old, catalog, n_fine: int, say) -> dict:
+    """The head, folded for export, and the catalogue's text vectors from the *target bundle's* text encoder,
+    which must be the one the head was trained against (another encoder is another space)."""
+    from models.align.head import folded, load_head
+    from models.align.texts import embed_views, read_catalog_texts
+    from runtime.bundle import sha256_file
+    from runtime.embedder import MODEL as TEXT_MODEL
+    from runtime.embedder import SentenceEmbedder
+    from runtime.engine import Engine
+    from runtime.errors import ConfigError, DataError
+
+    try:
+        head, meta = load_head(path)
+    except ConfigError as exc:
+        raise ExportError(exc.message) from exc
+    if old is None or TEXT_MODEL not in old.models:
+        raise ExportError(f"--align needs the bundle's '{TEXT_MODEL}' text encoder to embed the catalogue; "
+                          "export into a bundle that has one (e.g. a copy of models/bundles/kiosk)")
+    spec = old.models[TEXT_MODEL]
+    variant = spec.pick_variant(["int8", "fp32"])
+    sha = sha256_file(old.root / variant.file)
+    trained = (meta.get("text_encoder") or {}).get("sha256")
+    if trained != sha:
+        raise ExportError(f"{path} was trained against text encoder {str(trained)[:12]}…, but this bundle's "
+                          f"{variant.file} is {sha[:12]}…: retrain the head against this bundle "
+                          "(storeclerk train align --text-bundle ...)")
+    cat_path = Path(catalog or meta.get("catalog") or "data/kb/catalog.csv")
+    try:
+        products = read_catalog_texts(cat_path, n_fine)
+    except DataError as exc:
+        raise ExportError(exc.message) from exc
+    engine = Engine(old.root)
+    try:
+        bank = embed_views(products, SentenceEmbedder(engine).embed)
+    finally:
+        engine.close()
+    readout = meta.get("text_readout", "mean")
+    say(f"alignment head {Path(path).name}: text read-out {readout}, {len(bank.vectors)} catalogue text views")
+    return {"head": head, "projection": folded(head), "meta": meta, "bank": bank, "products": products,
+            "catalog": cat_path, "readout": readout, "text": bank.product_vectors(readout),
+            "text_encoder": {"model": TEXT_MODEL, "file": variant.file, "sha256": sha}, "path": Path(path)}
+
+
+def _catalog_pictures(al: dict) -> tuple[list[np.ndarray], list[str]]:
+    """The catalogue's own product pictures (``catalog.csv``'s ``image`` column, under ``images/`` next to it),
+    the ones the kiosk shows; a product without a readable picture is an error (search_text would skip it)."""
+    import csv
+
+    from runtime.errors import InputError
+    from runtime.vision.images import load_image
+
+    with open(al["catalog"], newline="", encoding="utf-8-sig") as f:
+        rows = {int(r["fine_id"]): r for r in csv.DictReader(f)}
+    imgs, names = [], []
+    for p in al["products"]:
+        name = (rows[p.fine_id].get("image") or "").strip()
+        path = al["catalog"].parent / "images" / name
+        try:
+            imgs.append(load_image(path))
+        except InputError as exc:
+            raise ExportError(f"{al['catalog']}: product {p.product_id}: picture {path}: {exc.message}") from exc
+        names.append(name)
+    return imgs, names
+
+
 # --- the whole stage -------------------------------------------------------------------------------------------
 
 
@@ -253,8 +369,13 @@ def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: 
                          opset: int = steps.DEFAULT_OPSET, max_in_catalog_rejection: float = 0.05,
                          negatives_per_kind: int = NEGATIVES_PER_KIND, negatives_dirs: Sequence[str] = (),
                          bundle_name: str | None = None, extra_meta: dict | None = None,
-                         progress: Callable[[str], None] | None = None) -> dict:
-    """Add (or replace) the ``products`` model in ``bundle_dir`` (created if missing); returns the manifest."""
+                         progress: Callable[[str], None] | None = None, align: str | os.PathLike[str] | None = None,
+                         min_negatives_rejected: float | None = MIN_NEGATIVES_REJECTED,
+                         open_set_score_kind: str | None = "auto",
+                         catalog: str | os.PathLike[str] | None = None) -> dict:
+    """Add (or replace) the ``products`` model in ``bundle_dir`` (created if missing); returns the manifest.
+    ``align``: an alignment head file (adds the ``image_embedding`` output); ``catalog``: the catalogue CSV whose
+    text and pictures the kiosk matches against (default: the one the head was trained with)."""
     from models.calibrate import expected_calibration_error, fit_temperature, softmax
     from models.products import openset
     from runtime.bundle import load_bundle, replace_bundle_dir, write_manifest
@@ -283,6 +404,7 @@ def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: 
             if name != MODEL_NAME and any(v.file.startswith(prefix) for v in spec.variants.values()):
                 raise ExportError(f"model {name!r} keeps files under {prefix}: refusing to overwrite them")
 
+    al = _load_alignment(align, old, catalog, ckpt.catalog.n_fine, say) if align else None
     params = dict(ckpt.preprocess)
     say(f"preprocessing {len(ckpt.heldout)} held-out and {min(len(ckpt.calibration), N_CALIBRATION)} calibration images")
     x_held, held_bgr = _images(ckpt.heldout, params)
@@ -293,13 +415,29 @@ def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: 
     from models.products.train import torch_logits
 
     ref_fine, _ = torch_logits(model, x_held)
+    ref_emb = None
+    if al is not None:
+        with torch.no_grad():
+            ref_emb = al["projection"](model.features(torch.from_numpy(x_held))).numpy()
+    emb_parity: dict[str, dict] = {}
+
+    def check(variant: str, ref_logits: np.ndarray, ref_e: np.ndarray | None, got: dict, reference: str):
+        r = compare(variant, ref_logits, got["fine_logits"], y, reference)
+        if ref_e is not None:
+            emb_parity[variant] = compare_embedding(variant, ref_e, got[EMBEDDING], y, al["text"], r, reference)
+        return r
+
+    def pair(d: dict) -> tuple[np.ndarray, np.ndarray]:
+        return d["fine_logits"], d["coarse_logits"]
 
     with tempfile.TemporaryDirectory(prefix="storeclerk-export-") as tmpd:
         tmp = Path(tmpd)
-        say(f"torch → ONNX (opset {opset}, dynamic batch)")
-        fp32 = onnx_from_model(model, tmp / "model.fp32.onnx", ckpt.size, opset)
-        outs = {"fp32": ort_logits(fp32, x_held)}
-        reports = {"fp32": compare("fp32", ref_fine, outs["fp32"][0], y, "torch")}
+        say(f"torch → ONNX (opset {opset}, dynamic batch{', with image_embedding' if al else ''})")
+        fp32 = onnx_from_model(model, tmp / "model.fp32.onnx", ckpt.size, opset,
+                               projection=al["projection"] if al else None)
+        full = {"fp32": ort_outputs(fp32, x_held)}
+        outs = {"fp32": pair(full["fp32"])}
+        reports = {"fp32": check("fp32", ref_fine, ref_emb, full["fp32"], "torch")}
         files = {"fp32": fp32}
         quant = None
         if "int8" in precisions:
@@ -307,8 +445,10 @@ def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: 
                 say(f"static INT8 (QDQ, per-channel, MinMax on {len(x_cal)} training images; {recipe})")
                 files["int8"], kept = int8_static(fp32, tmp / "model.int8.onnx", x_cal, opts["exclude"],
                                                   opts.get("reduce_range", False))
-                outs["int8"] = ort_logits(files["int8"], x_held)
-                reports["int8"] = compare("int8", outs["fp32"][0], outs["int8"][0], y, "fp32")
+                full["int8"] = ort_outputs(files["int8"], x_held)
+                outs["int8"] = pair(full["int8"])
+                reports["int8"] = check("int8", outs["fp32"][0], full["fp32"].get(EMBEDDING) if al else None,
+                                        full["int8"], "fp32")
                 quant = {"mode": "static", "format": "QDQ", "per_channel": True, "weight_type": "QInt8",
                          "activation_type": "QUInt8", "calibration_method": "MinMax", "recipe": recipe,
                          "reduce_range": bool(opts.get("reduce_range")), "fp32_nodes": kept,
@@ -333,11 +473,28 @@ def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: 
         neg_imgs, neg_kinds = openset.negatives(held_bgr, negatives_per_kind, seed=0, extra_dirs=negatives_dirs)
         from runtime.vision.products import preprocess
 
-        neg_fine, _ = ort_logits(files[deployed], np.stack([preprocess(im, params) for im in neg_imgs]))
-        kinds = ("max_prob", "neg_energy")
-        in_s = {k: open_set_score(fine.astype(np.float64), temperature, k) for k in kinds}
-        neg_s = {k: open_set_score(neg_fine.astype(np.float64), temperature, k) for k in kinds}
-        rule = openset.fit_rule(in_s, neg_s, neg_kinds, max_in_catalog_rejection, correct=fine.argmax(1) == y)
+        neg_out = ort_outputs(files[deployed], np.stack([preprocess(im, params) for im in neg_imgs]))
+        neg_fine = neg_out["fine_logits"]
+        kinds = ("max_prob", "neg_energy", "coarse_prob") + (("text_sim",) if al else ())
+        f2c = dict(fine_to_coarse=ckpt.catalog.fine_to_coarse, n_coarse=ckpt.catalog.n_coarse)
+
+        def sims(emb):
+            return None if al is None else emb @ al["text"].T
+
+        in_s = {k: open_set_score(fine.astype(np.float64), temperature, k, **f2c,
+                                  text_sims=sims(full[deployed].get(EMBEDDING))) for k in kinds}
+        neg_s = {k: open_set_score(neg_fine.astype(np.float64), temperature, k, **f2c,
+                                   text_sims=sims(neg_out.get(EMBEDDING))) for k in kinds}
+        # "auto": the aligned text similarity when the model has it. Every score separates the held-out photos
+        # from the stand-ins about equally well (AUROC 0.98-0.99: the held-out photos are near-duplicates of
+        # training ones), so that AUROC cannot rank them; on unseen photos (val.txt, docs/products.md) the
+        # text similarity separated best (AUROC 0.93 vs 0.88-0.89 for the probabilities): the contrastive head,
+        # trained on augmented views and stopped on held-out photos, is not saturated by the backbone's memory.
+        kind = ("text_sim" if al else None) if open_set_score_kind == "auto" else open_set_score_kind
+        if kind is not None and kind not in kinds:
+            raise ExportError(f"open-set score {kind!r} is not available here (choose from {', '.join(kinds)})")
+        rule = openset.fit_rule(in_s, neg_s, neg_kinds, max_in_catalog_rejection, correct=fine.argmax(1) == y,
+                                min_negatives_rejected=min_negatives_rejected, score=kind)
         from runtime.vision.products import coarse_from_fine
 
         probs = softmax(fine.astype(np.float64) / temperature)
@@ -356,6 +513,44 @@ def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: 
         }
         lat = latency_ms(files[deployed], ckpt.size)
         say(f"latency ({deployed}, batch 1, 2 threads): p50 {lat['p50']:.2f} ms")
+        align_entry, align_arrays = None, None
+        if al is not None:
+            from models.align.head import recall_i2t, recall_t2i
+
+            pics, pic_names = _catalog_pictures(al)
+            pic_emb = ort_outputs(files[deployed], np.stack([preprocess(im, params) for im in pics]))[EMBEDDING]
+            held_emb = full[deployed][EMBEDDING]
+            align_arrays = {"product_ids": np.asarray([p.product_id for p in al["products"]]),
+                            "labels": np.asarray([p.canonical for p in al["products"]]),
+                            "text_canonical": al["bank"].canonical, "text_mean": al["bank"].mean_views,
+                            "image_vectors": pic_emb.astype(np.float32)}
+            hm = al["meta"].get("metrics", {})
+            align_entry = {
+                "file": f"{MODEL_NAME}/{ALIGN_FILE}",
+                "output": EMBEDDING,
+                "dim": int(held_emb.shape[1]),
+                "space": "the bundle's 'retrieval' sentence encoder (all-MiniLM-L6-v2), L2-normalised",
+                "text_encoder": al["text_encoder"],
+                "text_readout": al["readout"],
+                "vectors": {"text_canonical": "each product's display name", "text_mean":
+                            "mean of its text views (name, aliases, 'a photo of …', kind, description sentences)",
+                            "image_vectors": f"the catalogue pictures ({al['catalog'].parent / 'images'}) through "
+                                             f"the {deployed} graph"},
+                "catalog": str(al["catalog"]),
+                "head": {"source": str(al["path"]), "sha256": _sha(al["path"]),
+                         "architecture": _head_arch(al["head"]),
+                         "training": {k: v for k, v in al["meta"].get("training", {}).items() if k != "history"},
+                         "data": al["meta"].get("data")},
+                "metrics": {
+                    "heldout_deployed": {"n": int(len(y)),
+                                         "i2t": {k: round(v, 4) for k, v in recall_i2t(held_emb, y, al["text"]).items()},
+                                         "t2i": {k: round(v, 4) if isinstance(v, float) else v
+                                                 for k, v in recall_t2i(held_emb, y, al["text"]).items()},
+                                         "variant": deployed},
+                    "torch_head": {k: hm[k] for k in ("val", "heldout", "iconic", "queries", "classifier_val") if k in hm},
+                },
+                "parity": emb_parity,
+            }
 
         out_parent = (old.root.parent if old is not None else bundle_dir.resolve().parent)
         out_parent.mkdir(parents=True, exist_ok=True)
@@ -366,6 +561,8 @@ def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: 
                 (stage / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(old.root / rel, stage / rel)
             (stage / MODEL_NAME).mkdir()
+            if align_arrays is not None:
+                np.savez(stage / MODEL_NAME / ALIGN_FILE, **align_arrays)
             variants = {}
             for prec in precisions:
                 rel = f"{MODEL_NAME}/model.{prec}.onnx"
@@ -388,13 +585,16 @@ def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: 
                 "default_variant": deployed,
                 "inputs": [{"name": INPUT, "dtype": "float32", "shape": ["batch", 3, ckpt.size, ckpt.size]}],
                 "outputs": [{"name": "fine_logits", "dtype": "float32", "shape": ["batch", cat.n_fine]},
-                            {"name": "coarse_logits", "dtype": "float32", "shape": ["batch", cat.n_coarse]}],
+                            {"name": "coarse_logits", "dtype": "float32", "shape": ["batch", cat.n_coarse]}]
+                           + ([{"name": EMBEDDING, "dtype": "float32", "shape": ["batch", align_entry["dim"]]}]
+                              if align_entry else []),
                 "labels": cat.as_dict(),
                 "preprocess": {**params, "note": "BGR frame → centre square of crop_fraction × short side → resize "
                                                  "→ RGB → (x - mean) / std (runtime.vision.products.preprocess)"},
                 "coarse_from": coarse_from,
                 "open_set": open_set,
                 "parity": {p: _report(r, "torch" if p == "fp32" else "fp32") for p, r in reports.items()},
+                **({"align": align_entry} if align_entry else {}),
                 "metrics": {"heldout": heldout_metrics, "latency_ms": {deployed: lat},
                             "training_heldout_torch": ckpt.meta.get("heldout")},
                 "arch": ckpt.arch,
@@ -434,6 +634,18 @@ def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: 
     return written
 
 
+def _sha(path: Path) -> str:
+    from runtime.bundle import sha256_file
+
+    return sha256_file(path)
+
+
+def _head_arch(head) -> str:
+    lin = [m for m in head.proj if isinstance(m, torch.nn.Linear)]
+    dims = [lin[0].in_features] + [m.out_features for m in lin]
+    return " → ".join(map(str, dims)) + (" (ReLU MLP)" if len(lin) > 1 else " (linear)") + ", L2-normalised"
+
+
 # --- command line ----------------------------------------------------------------------------------------------
 
 
@@ -443,8 +655,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", required=True, help="bundle directory to add the 'products' model to (created if missing)")
     ap.add_argument("--precisions", default="int8", help="comma list of fp32,int8 (default int8)")
     ap.add_argument("--opset", type=int, default=steps.DEFAULT_OPSET)
-    ap.add_argument("--max-in-catalog-rejection", type=float, default=0.05)
+    ap.add_argument("--max-in-catalog-rejection", type=float, default=0.05,
+                    help="cap: never turn away more than this share of held-out photos (default 0.05)")
+    ap.add_argument("--min-negatives-rejected", type=float, default=MIN_NEGATIVES_REJECTED,
+                    help="threshold: turn away this share of the out-of-catalogue stand-ins (default 0.9); "
+                         "0 = the old rule (held-out quantile alone)")
     ap.add_argument("--negatives", action="append", default=[], help="extra folder of non-catalogue photos (repeatable)")
+    ap.add_argument("--open-set-score", default="auto",
+                    choices=("auto", "best-auroc", "max_prob", "neg_energy", "coarse_prob", "text_sim"),
+                    help="rejection score; auto = text_sim with --align, else the best held-out AUROC")
+    ap.add_argument("--align", help="alignment head (storeclerk train align --out FILE): adds the image_embedding output")
+    ap.add_argument("--catalog", help="catalogue CSV for --align's text and pictures (default: the head's)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
@@ -452,7 +673,11 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = ProductCheckpoint.load(args.checkpoint)
         manifest = export_product_model(ckpt, Path(args.bundle), [p for p in args.precisions.split(",") if p],
                                         args.opset, args.max_in_catalog_rejection, negatives_dirs=args.negatives,
-                                        progress=lambda m: print(f"{time.perf_counter() - t0:6.1f}s {m}", file=sys.stderr))
+                                        progress=lambda m: print(f"{time.perf_counter() - t0:6.1f}s {m}", file=sys.stderr),
+                                        align=args.align, catalog=args.catalog,
+                                        min_negatives_rejected=args.min_negatives_rejected or None,
+                                        open_set_score_kind=None if args.open_set_score == "best-auroc"
+                                        else args.open_set_score)
     except Exception as exc:  # noqa: BLE001 - StoreclerkError and friends: one line for the operator
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -313,7 +313,7 @@ def fit(kind: str, data: dict, cfg: TrainConfig, progress: bool = True) -> tuple
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(b)
+            total += float(loss.detach()) * len(b)
         m = metrics(dev, torch_outputs(model, dev_feed), full)
         score = dev_score(m)
         history.append({"epoch": epoch + 1, "loss": round(total / len(order), 4), "dev_score": round(score, 4),

@@ -96,6 +96,24 @@ def test_open_set_scores():
     assert np.allclose(open_set_score(logits, 2.0, "max_prob"), p.max(1))
     assert np.allclose(open_set_score(logits, 2.0, "neg_energy"), 2 * np.log(np.exp(logits / 2).sum(1)))
     assert np.allclose(coarse_from_fine(p, [1, 0, 1], 2), np.stack([p[:, 1], p[:, 0] + p[:, 2]], 1))
+    # Two siblings it cannot tell apart still make a confident coarse answer.
+    cp = open_set_score(logits, 2.0, "coarse_prob", fine_to_coarse=[1, 0, 1], n_coarse=2)
+    assert np.allclose(cp, np.maximum(p[:, 1], p[:, 0] + p[:, 2])) and (cp >= p.max(1)).all()
+    sims = np.array([[0.1, 0.7, -0.2], [0.3, 0.2, 0.25]])
+    assert np.allclose(open_set_score(logits, 2.0, "text_sim", text_sims=sims), [0.7, 0.3])
+
+
+def test_open_set_scores_refuse_what_they_cannot_compute():
+    from runtime.errors import BundleError
+    from runtime.vision.products import open_set_score
+
+    logits = np.zeros((1, 3))
+    with pytest.raises(BundleError, match="image_embedding"):
+        open_set_score(logits, 1.0, "text_sim")
+    with pytest.raises(BundleError, match="fine → coarse"):
+        open_set_score(logits, 1.0, "coarse_prob")
+    with pytest.raises(BundleError, match="unknown open-set score"):
+        open_set_score(logits, 1.0, "vibes")
 
 
 # --- the recogniser on a real bundle -----------------------------------------------------------------------
@@ -137,6 +155,20 @@ def test_open_set_decision_follows_the_calibrated_threshold(rec, bundle):
     assert not preds[1].unknown and preds[1].label == "Banana"
 
 
+def test_a_model_without_alignment_still_works(rec, bundle):
+    """Bundles exported before the image ↔ text head: no embedding, no matcher, same predictions."""
+    from runtime.errors import BundleError
+    from runtime.vision.align import CatalogMatcher
+
+    assert not rec.has_embedding and rec.matcher is None
+    p = rec.predict_one(iconic("banana.jpg"))
+    assert p.embedding is None and "embedding" not in p.as_dict()
+    assert set(rec.run([iconic("banana.jpg")])) == {"fine_logits", "coarse_logits"}
+    with pytest.raises(BundleError) as e:
+        CatalogMatcher.from_bundle(bundle)
+    assert e.value.code == "bundle_no_align" and "--align" in e.value.message
+
+
 def test_bad_frames_through_the_recognizer(rec):
     from runtime.errors import InputError
 
@@ -149,10 +181,10 @@ def test_bad_frames_through_the_recognizer(rec):
 
 
 def test_bundle_problems_are_bundle_errors(bundle, tmp_path):
+    import json
+
     from runtime.errors import BundleError
     from runtime.vision.products import ProductRecognizer
-
-    import json
 
     # A bundle with no product model (the kiosk bundle with its products entry taken out).
     textonly = tmp_path / "textonly"
