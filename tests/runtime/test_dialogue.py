@@ -191,6 +191,39 @@ def test_repeated_failures_and_frustration_hand_off(dm):
     assert d.handoff and d.handoff_reason == "request" and d.cards[0]["type"] == "staff"
 
 
+def test_two_frustrated_turns_in_a_row_call_staff_one_does_not(dm):
+    import dataclasses
+
+    m, _ = dm
+    st = SessionState("s")
+    angry = lambda text, intent, **kw: dataclasses.replace(U(text, intent, **kw), emotion="frustrated")  # noqa: E731
+    a = m.handle(angry("where is the oat milk", "find_product", ents=[prod("Oat milk")]), st)
+    assert not a.handoff and "aisle 4" in a.reply  # one tense turn still gets its answer
+    b = m.handle(dataclasses.replace(U("and the price", "product_price"), emotion="calm"), st)
+    assert not b.handoff  # calm again: the count starts over
+    m.handle(angry("where is the oat milk", "find_product", ents=[prod("Oat milk")]), st)
+    c = m.handle(angry("how much is it", "product_price"), st)
+    assert c.handoff and c.handoff_reason == "frustration" and st.frustrated_turns == 0
+
+
+def test_a_product_in_view_answers_this_one_and_a_named_product_wins(dm):
+    import dataclasses
+
+    m, _ = dm
+    st = SessionState("s")
+    st.camera = True
+    a = m.handle(dataclasses.replace(U("is this vegan?", "product_info"), product="oat-milk"), st)
+    assert "vegan" in a.reply and a.cards[0]["source"] == "catalog:oat-milk"
+    # no "this/it": the view counts only when the fusion model said the question points at it
+    b = m.handle(dataclasses.replace(U("how much?", "product_price"), product="oat-milk", refers_to_view=0.9), st)
+    assert "€1.99" in b.reply
+    c = m.handle(dataclasses.replace(U("how much is the oat milk", "product_price", ents=[prod("Oat milk")]),
+                                     product="banana"), st)
+    assert "€1.99" in c.reply  # named beats in view
+    d = m.handle(U("what is this?", "product_info"), SessionState("t", camera=True))
+    assert d.kind == "ask_slot" and "can't see a product" in d.reply
+
+
 def test_recommendations(dm):
     m, _ = dm
     st = SessionState("s")

@@ -391,3 +391,29 @@ def test_the_nearest_face_gives_a_cue_for_frustration_and_it_leaves_with_the_vis
     probs, ts = cue
     assert len(probs) == 7 and abs(sum(probs) - 1) < 1e-3 and ts > 0
     assert after is None and per.errors["expression"] == 0
+
+
+def test_fusion_model_reads_questions_about_the_product_in_view(tmp_path):
+    """The kiosk bundle's fusion model in the loop: with a pack in view, "how much?" (no "this") and "tell me about
+    this" (which the text model alone reads as a request for help) are about it; a named product still wins."""
+
+    async def body(parts, messages):
+        kiosk = parts.kiosk
+        if kiosk.fusion is None:
+            pytest.skip("the kiosk bundle has no fusion model")
+        st = await kiosk.start_session("page-8")
+        st.camera = True
+        st.in_view = Sighting("product", "oatly-oat-milk", 1.0, "barcode", "Oat milk (Oatly)")
+        out = {}
+        for q in ("how much?", "tell me about this", "how much are the bananas"):
+            out[q] = await kiosk.turn("page-8", q)
+        plain = await kiosk.start_session("page-9")  # the same words with nothing in view
+        plain.camera = True
+        out["nothing"] = await kiosk.turn("page-9", "tell me about this")
+        return out
+
+    out, _, _ = run_kiosk(tmp_path, body)
+    assert out["how much?"].cards[0]["id"] == "oatly-oat-milk" and "€1.99" in out["how much?"].text
+    assert out["tell me about this"].intent == "product_info" and out["tell me about this"].cards[0]["id"] == "oatly-oat-milk"
+    assert out["how much are the bananas"].cards[0]["id"] == "banana"
+    assert not any(c.get("type") == "product" for c in out["nothing"].cards)
