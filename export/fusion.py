@@ -143,18 +143,8 @@ def int8_static(src: Path, out: Path, calib: dict[str, np.ndarray], reduce_range
     return out, kept
 
 
-def ort_session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def ort_outputs(path: Path, feed: dict[str, np.ndarray], batch: int = 512, sess=None) -> tuple[np.ndarray, ...]:
-    sess = sess or ort_session(path)
+    sess = sess or steps.cpu_session(path)
     outs: list[list[np.ndarray]] = [[], [], []]
     for s in range(0, len(feed["text"]), batch):
         res = sess.run(list(OUTPUTS), {k: np.ascontiguousarray(feed[k][s : s + batch], dtype=np.float32) for k in INPUTS})
@@ -199,7 +189,7 @@ def _report(r: parity.ParityReport, reference: str) -> dict:
 
 def latency_ms(path: Path, feed: dict[str, np.ndarray], threads: int = 1, runs: int = 300) -> dict:
     """Batch-1 latency of the model alone (ORT, CPU), over ``runs`` different turns."""
-    sess = ort_session(path, threads)
+    sess = steps.cpu_session(path, threads)
     rows = [{k: feed[k][i : i + 1] for k in INPUTS} for i in range(min(runs, len(feed["text"])))]
     for r in rows[:20]:
         sess.run(list(OUTPUTS), r)
@@ -259,19 +249,14 @@ def export_fusion_model(ckpt_path: Path, bundle_dir: Path, data_path: Path | Non
         raise ExportError(f"{data_path or ckpt_path.parent / 'data.npz'} was composed from other models or labels "
                           f"than {ckpt_path}: retrain, or point --data at the checkpoint's own data")
     bundle_dir = Path(bundle_dir)
-    try:
-        old = load_bundle(bundle_dir, verify=True)
-    except Exception as exc:
-        raise ExportError(f"{bundle_dir}: the fusion model goes into a bundle that verifies and holds its intent "
-                          f"and product models: {exc}") from exc
+    old, keep = steps.target_bundle(bundle_dir, MODEL, create=False,
+                                    why=" and holds the intent and product models the fusion features came from")
     for role, src in meta["sources"].items():
         spec = old.models.get(src["model"])
         now = {v.file: old.sha256(v.file) for v in spec.variants.values()} if spec else None
         if now != src["files"]:
             raise ExportError(f"{bundle_dir}: its '{src['model']}' model ({role}) is not the one the fusion features "
                               "were computed with (sha256 differ); retrain with --bundle pointing at this bundle")
-    prefix = f"{MODEL}/"
-    keep = {rel: e for rel, e in old.manifest["files"].items() if not rel.startswith(prefix)}
 
     full = SUBSETS["all (with face)"]
     dev_feed, _ = offer(data["dev"], full)

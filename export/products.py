@@ -176,19 +176,9 @@ def int8_static(src: Path, out: Path, calib_x: np.ndarray, exclude: Sequence[str
     return out, kept
 
 
-def ort_session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def ort_outputs(path: Path, x: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:
     """Every output of the graph, by name."""
-    sess = ort_session(path)
+    sess = steps.cpu_session(path)
     names = [o.name for o in sess.get_outputs()]
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for s in range(0, len(x), batch):
@@ -255,7 +245,7 @@ def _report(r: parity.ParityReport, reference: str) -> dict:
 
 def latency_ms(path: Path, size: int, threads: int = 2, runs: int = 60) -> dict:
     """Batch-1 latency of the model alone on CPU, ``threads`` intra-op threads (the kiosk budget's 2 cores)."""
-    sess = ort_session(path, threads)
+    sess = steps.cpu_session(path, threads)
     names = [o.name for o in sess.get_outputs()]
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     for _ in range(5):
@@ -388,21 +378,7 @@ def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: 
     if not ckpt.heldout:
         raise ExportError("the checkpoint has no held-out images to check parity and calibrate on (train with a hold-out)")
     bundle_dir = Path(bundle_dir)
-    old = None
-    if (bundle_dir / "manifest.json").exists():
-        try:
-            old = load_bundle(bundle_dir, verify=True)
-        except Exception as exc:
-            raise ExportError(f"{bundle_dir}: cannot add a model to a bundle that does not verify: {exc}") from exc
-    elif bundle_dir.exists() and any(bundle_dir.iterdir()):
-        raise ExportError(f"{bundle_dir} exists, is not empty and holds no bundle: refusing to overwrite it")
-    prefix = f"{MODEL_NAME}/"
-    keep = {}
-    if old is not None:
-        keep = {rel: e for rel, e in old.manifest["files"].items() if not rel.startswith(prefix)}
-        for name, spec in old.models.items():
-            if name != MODEL_NAME and any(v.file.startswith(prefix) for v in spec.variants.values()):
-                raise ExportError(f"model {name!r} keeps files under {prefix}: refusing to overwrite them")
+    old, keep = steps.target_bundle(bundle_dir, MODEL_NAME)
 
     al = _load_alignment(align, old, catalog, ckpt.catalog.n_fine, say) if align else None
     params = dict(ckpt.preprocess)

@@ -187,15 +187,7 @@ def export_retrieval_model(bundle_dir: Path, precision: str = "int8", opset: int
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
     bundle_dir = Path(bundle_dir)
-    try:
-        old = load_bundle(bundle_dir, verify=True)
-    except Exception as exc:
-        raise ExportError(f"{bundle_dir}: cannot add a model to a bundle that does not verify: {exc}") from exc
-    prefix = f"{MODEL_NAME}/"
-    keep = {rel: entry for rel, entry in old.manifest["files"].items() if not rel.startswith(prefix)}
-    for name, spec in old.models.items():
-        if name != MODEL_NAME and any(v.file.startswith(prefix) for v in spec.variants.values()):
-            raise ExportError(f"model {name!r} keeps files under {prefix}: refusing to overwrite them")
+    old, keep = steps.target_bundle(bundle_dir, MODEL_NAME, create=False)
 
     from models.text_encoder import base_model_dir
 

@@ -112,3 +112,40 @@ def fp16_from_onnx(src: Path, out: Path) -> Path:
 def opset_of(path: Path) -> int:
     m = onnx.load(str(path), load_external_data=False)
     return next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def target_bundle(bundle_dir: Path, model: str, *, create: bool = True, why: str = ""):
+    """The bundle a model export adds ``model`` to: ``(old bundle or None, files to keep)``. Every other model's
+    files are kept byte for byte; the bundle must verify first (a model is never added to a broken bundle), and
+    no other model may keep files under ``model/``. ``create``: a missing or empty directory starts a new
+    bundle; otherwise the bundle must exist (``why`` says what it must hold)."""
+    from runtime.bundle import load_bundle
+
+    bundle_dir = Path(bundle_dir)
+    old = None
+    if (bundle_dir / "manifest.json").exists() or not create:
+        try:
+            old = load_bundle(bundle_dir, verify=True)
+        except Exception as exc:
+            raise ExportError(f"{bundle_dir}: cannot add a model to a bundle that does not verify{why}: {exc}") from exc
+    elif bundle_dir.exists() and any(bundle_dir.iterdir()):
+        raise ExportError(f"{bundle_dir} exists, is not empty and holds no bundle: refusing to overwrite it")
+    prefix = f"{model}/"
+    keep: dict = {}
+    if old is not None:
+        keep = {rel: e for rel, e in old.manifest["files"].items() if not rel.startswith(prefix)}
+        for name, spec in old.models.items():
+            if name != model and any(v.file.startswith(prefix) for v in spec.variants.values()):
+                raise ExportError(f"model {name!r} keeps files under {prefix}: refusing to overwrite them")
+    return old, keep
+
+
+def cpu_session(path: Path, threads: int | None = None):
+    """An ONNX Runtime CPU session for export-time checks (parity, calibration, latency), quiet."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
