@@ -13,23 +13,18 @@ import asyncio
 import logging
 from typing import Any
 
+from runtime.optional_stage import OptionalStage
+
 log = logging.getLogger("storeclerk.vision")
 
 
-class VisionService:
+class VisionService(OptionalStage):
     def __init__(self, config, parts) -> None:
-        self.config = config
-        self.parts = parts
-        self.stage = None
-        self.state = "starting"
-        self.reason = ""
-        self.failed = False
+        super().__init__(config, parts)
         self.parts_loaded: dict[str, str] = {}
 
     def health(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"ok": not self.failed, "state": self.state}
-        if self.reason:
-            out["reason"] = self.reason
+        out = self.base_health()
         if self.parts_loaded:
             out["detectors"] = dict(self.parts_loaded)
         if self.stage is not None:

@@ -11,22 +11,14 @@ import asyncio
 import logging
 from typing import Any
 
+from runtime.optional_stage import OptionalStage
+
 log = logging.getLogger("storeclerk.voice")
 
 
-class VoiceService:
-    def __init__(self, config, parts) -> None:
-        self.config = config
-        self.parts = parts
-        self.stage = None
-        self.state = "starting"
-        self.reason = ""
-        self.failed = False
-
+class VoiceService(OptionalStage):
     def health(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"ok": not self.failed, "state": self.state}
-        if self.reason:
-            out["reason"] = self.reason
+        out = self.base_health()
         if self.stage is not None:
             lst = self.stage.listener
             out.update(turns=self.stage.turns, barge_ins=self.stage.barge_ins, mode=self.stage.mode,
