@@ -114,7 +114,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=SHARED / "grocery" / "dataset")
     ap.add_argument("--list", default="val.txt")
-    ap.add_argument("--questions", type=Path, default=REPO / "data" / "eval" / "deictic_questions.csv")
+    ap.add_argument("--questions", type=Path, default=REPO / "data" / "eval" / "deictic_questions.csv",
+                    help="question file (question,asks), relative to the repository or absolute")
     ap.add_argument("--per-photo", type=int, default=3)
     ap.add_argument("--limit", type=int, default=0, help="photos to use (0: all)")
     ap.add_argument("--seed", type=int, default=0)
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
 
         rows = asyncio.run(go())
     summary = summarize(rows)
-    result = {"photos": len(photos), "questions_per_photo": args.per_photo, "question_file": str(args.questions.relative_to(REPO)),
+    result = {"photos": len(photos), "questions_per_photo": args.per_photo, "question_file": str(args.questions.resolve().relative_to(REPO)),
               "split": args.list, "summary": summary, "wrong_examples": [r for r in rows if r["outcome"] == "wrong"][:20],
               "declined_examples": [r for r in rows if r["outcome"] == "declined" and r["seen"] == r["truth"]][:20]}
     args.out.parent.mkdir(parents=True, exist_ok=True)

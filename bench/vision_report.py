@@ -79,7 +79,9 @@ def _ok(ok: bool | None) -> str:
 def render_vision(v: dict | None) -> list[str]:
     if not v:
         return []
+    machine = _get(v, "vision_bench", "machine") or "?"
     lines = ["", "## Vision and fusion (`bench/vision_report.py`)", "",
+             f"Machine: {machine} (medians). "
              "Product photos: the Grocery Store **val** split (296 photos the models never trained on). Details: "
              "[vision.md](vision.md), [products.md](products.md), [alignment.md](alignment.md), [fusion.md](fusion.md).", "",
              "| target | measured | |", "| --- | --- | --- |"]
@@ -90,6 +92,10 @@ def render_vision(v: dict | None) -> list[str]:
         lat = pe.get("latency_ms_p50")
         lines.append(f"| product model ≤ 10 ms per frame (INT8, CPU) | {lat} ms p50 per frame (preprocessing + model + "
                      f"decision; model alone {pe.get('model_latency_ms_p50', '?')} ms) | {_ok(lat is not None and lat <= 10)} |")
+    par = _product_parity()
+    if par:
+        lines.append(f"| INT8 within 1 point of fp32 | {par['accuracy_delta_points']:+.2f} points (held-out {par['n']} photos; "
+                     f"agreement {par['agreement']:.1%}) | {_ok(abs(par['accuracy_delta_points']) <= 1.0)} |")
     vb = v.get("vision_bench")
     if vb:
         b = vb["barcode"]
@@ -128,6 +134,13 @@ def render_vision(v: dict | None) -> list[str]:
                 lines.append(f"| {r['subset']} | {r['intent_accuracy']:.3f} | {r['refers_accuracy']:.3f} | {dt} | "
                              f"{r['frustration_f1']:.3f} | {r['latency_p50_ms']:.3f} |")
     return lines
+
+
+def _product_parity() -> dict | None:
+    m = REPO / "models" / "bundles" / "kiosk" / "manifest.json"
+    if not m.exists():
+        return None
+    return _get(json.loads(m.read_text()), "models", "products", "parity", "int8")
 
 
 def _get(d: dict, *keys):
