@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precisions", default="int8")
     ap.add_argument("--reexport", action="store_true", help="export the checkpoint in --work again, no training")
+    ap.add_argument("--products-checkpoint", type=Path, default=REPO / "build" / "products" / "checkpoint.pt",
+                    help="product checkpoint to put back into the rewritten bundle (storeclerk train products)")
+    ap.add_argument("--align-head", type=Path, default=REPO / "build" / "align" / "head.pt",
+                    help="alignment head for the product model (storeclerk train align)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -141,8 +145,39 @@ def main(argv: list[str] | None = None) -> int:
     from export.expression import export_expression_model  # the face cue for frustration (docs/expression.md)
 
     export_expression_model(args.out)
+    add_vision_models(args.out, args.products_checkpoint, args.align_head, args.shared_data)
     log.info("wrote %s", args.out)
     return 0
+
+
+def add_vision_models(out: Path, products_ckpt: Path, align_head: Path, shared: Path) -> None:
+    """The intent export rewrites the bundle, so the product model (with its alignment) and the fusion model go back
+    in: the product model from its checkpoint (training it takes ~45 min: `storeclerk train products`), the fusion
+    model retrained on this bundle's new encoder (its features come from the intent and product models; ~2 min).
+    What cannot be rebuilt here is said loudly: a kiosk bundle without them still runs, without the camera's
+    product recognition or the fusion cues."""
+    from export import products as export_products
+
+    if not products_ckpt.exists():
+        log.warning("no product checkpoint at %s: the bundle has NO product model (storeclerk train products "
+                    "--keep-checkpoint %s, then make bundle again)", products_ckpt, products_ckpt)
+        return
+    argv = ["--checkpoint", str(products_ckpt), "--bundle", str(out)]
+    if align_head.exists():
+        argv += ["--align", str(align_head)]
+    else:
+        log.warning("no alignment head at %s: the product model has no image_embedding (storeclerk train align)", align_head)
+    export_products.main(argv)
+    if not (shared / "bitext").exists() or not (shared / "grocery").exists():
+        log.warning("no %s/bitext or grocery: the bundle has NO fusion model (python -m models.fusion.train)", shared)
+        return
+    from export import fusion as export_fusion
+    from models.fusion.train import train_fusion_main
+
+    work = REPO / "build" / "fusion"
+    train_fusion_main(["--bundle", str(out), "--shared-data", str(shared), "--work", str(work)])
+    chosen = json.loads((work / "chosen.json").read_text())["variant"]
+    export_fusion.main(["--checkpoint", str(work / f"{chosen}.pt"), "--bundle", str(out)])
 
 
 if __name__ == "__main__":
