@@ -159,7 +159,8 @@ def main(argv=None) -> int:
 
         rows = asyncio.run(go())
     summary = summarize(rows)
-    result = {"photos": len(photos), "questions_per_photo": args.per_photo, "question_file": str(args.questions.resolve().relative_to(REPO)),
+    qfile = str(args.questions.resolve().relative_to(REPO))
+    result = {"photos": len(photos), "questions_per_photo": args.per_photo, "question_file": qfile,
               "split": args.list, "summary": summary, "wrong_examples": [r for r in rows if r["outcome"] == "wrong"][:20],
               "declined_examples": [r for r in rows if r["outcome"] == "declined" and r["seen"] == r["truth"]][:20]}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ CLI = [str(REPO / ".venv" / "bin" / "storeclerk")] if (REPO / ".venv/bin/storecl
 def _run(cmd: list[str], name: str, timeout: int = 3600) -> bool:
     print(f"[bench] {name} …", flush=True)
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=REPO, env=ENV, timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.run(cmd, cwd=REPO, env=ENV, timeout=timeout, capture_output=True, text=True)
     if p.returncode != 0:
         print(f"[bench] {name} failed ({p.returncode}):\n{p.stderr[-2000:]}", file=sys.stderr)
         return False

@@ -289,7 +289,7 @@ def export_expression_model(bundle_dir: Path, wheel_dir: Path = DEFAULT_WHEEL_DI
     from export import steps
     from export.products import _versions
     from models.expression import LABELS, KerasGraphNet, read_keras_h5
-    from runtime.bundle import FORMAT, FORMAT_VERSION, load_bundle, replace_bundle_dir, write_manifest
+    from runtime.bundle import FORMAT, FORMAT_VERSION
 
     say = progress or (lambda m: log.info("%s", m))
     opset = steps.DEFAULT_OPSET if opset is None else opset
@@ -373,15 +373,7 @@ def export_expression_model(bundle_dir: Path, wheel_dir: Path = DEFAULT_WHEEL_DI
             else:
                 manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": bundle_dir.name,
                             "created_utc": created, "producer": entry["producer"], "models": {MODEL_NAME: entry}}
-            written = write_manifest(stage, manifest)
-            changed = [rel for rel, e in keep.items() if written["files"].get(rel) != e]
-            if changed:  # a copy went wrong: never bless it with a fresh hash
-                raise ExportError(f"copying the bundle changed {changed}; {bundle_dir} not changed")
-            load_bundle(stage, verify=True)
-            if old is not None:
-                replace_bundle_dir(stage, old.root)
-            else:
-                stage.rename(bundle_dir)
+            written = steps.commit_bundle(stage, manifest, keep, old, bundle_dir)
         finally:
             if stage.exists():
                 shutil.rmtree(stage, ignore_errors=True)

@@ -234,7 +234,6 @@ def export_fusion_model(ckpt_path: Path, bundle_dir: Path, data_path: Path | Non
     """Add (or replace) the ``fusion`` model in the existing bundle ``bundle_dir``; returns the manifest."""
     from models.calibrate import expected_calibration_error, fit_temperature, softmax
     from models.fusion.train import SUBSETS, load_checkpoint, load_data, metrics, offer, torch_outputs
-    from runtime.bundle import load_bundle, replace_bundle_dir, write_manifest
     from runtime.voice.prosody import FEATURES
 
     say = progress or (lambda m: log.info("%s", m))
@@ -376,12 +375,7 @@ def export_fusion_model(ckpt_path: Path, bundle_dir: Path, data_path: Path | Non
             }
             manifest = {k: v for k, v in old.manifest.items() if k != "files"}
             manifest["models"] = {**{k: v for k, v in old.manifest["models"].items() if k != MODEL}, MODEL: entry}
-            written = write_manifest(stage, manifest)
-            changed = [rel for rel, e in keep.items() if written["files"].get(rel) != e]
-            if changed:  # a copy went wrong: never bless it with a fresh hash
-                raise ExportError(f"copying the bundle changed {changed}; {bundle_dir} not changed")
-            load_bundle(stage, verify=True)
-            replace_bundle_dir(stage, old.root)
+            written = steps.commit_bundle(stage, manifest, keep, old, bundle_dir)
         finally:
             if stage.exists():
                 shutil.rmtree(stage, ignore_errors=True)

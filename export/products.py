@@ -368,7 +368,6 @@ def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: 
     text and pictures the kiosk matches against (default: the one the head was trained with)."""
     from models.calibrate import expected_calibration_error, fit_temperature, softmax
     from models.products import openset
-    from runtime.bundle import load_bundle, replace_bundle_dir, write_manifest
     from runtime.vision.products import open_set_score
 
     say = progress or (lambda m: log.info("%s", m))
@@ -595,15 +594,7 @@ def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: 
                 manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": bundle_name or bundle_dir.name,
                             "created_utc": entry["created_utc"], "producer": entry["producer"],
                             "models": {MODEL_NAME: entry}}
-            written = write_manifest(stage, manifest)
-            changed = [rel for rel, e in keep.items() if written["files"].get(rel) != e]
-            if changed:  # a copy went wrong: never bless it with a fresh hash
-                raise ExportError(f"copying the bundle changed {changed}; {bundle_dir} not changed")
-            load_bundle(stage, verify=True)
-            if old is not None:
-                replace_bundle_dir(stage, old.root)
-            else:
-                stage.rename(bundle_dir)
+            written = steps.commit_bundle(stage, manifest, keep, old, bundle_dir)
         finally:
             if stage.exists():
                 shutil.rmtree(stage, ignore_errors=True)

@@ -181,7 +181,6 @@ def export_retrieval_model(bundle_dir: Path, precision: str = "int8", opset: int
     manifest writer re-hashes whatever it finds. Raises ``ExportError`` (nothing changed) when the variant misses
     its parity bound.
     """
-    from runtime.bundle import load_bundle, replace_bundle_dir, write_manifest
 
     say = progress or (lambda msg: log.info("%s", msg))
     if precision not in PRECISIONS:
@@ -271,12 +270,7 @@ def export_retrieval_model(bundle_dir: Path, precision: str = "int8", opset: int
             manifest = {k: v for k, v in old.manifest.items() if k != "files"}
             manifest["models"] = {**{k: v for k, v in old.manifest["models"].items() if k != MODEL_NAME},
                                   MODEL_NAME: entry}
-            written = write_manifest(stage, manifest)
-            changed = [rel for rel, e in keep.items() if written["files"].get(rel) != e]
-            if changed:  # a copy went wrong: never bless it with a fresh hash
-                raise ExportError(f"copying the bundle changed {changed}; {bundle_dir} not changed")
-            load_bundle(stage, verify=True)
-            replace_bundle_dir(stage, old.root)  # the resolved directory: a symlink to the bundle keeps pointing at it
+            written = steps.commit_bundle(stage, manifest, keep, old, bundle_dir)
         finally:
             if stage.exists():
                 shutil.rmtree(stage, ignore_errors=True)

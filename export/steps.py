@@ -149,3 +149,21 @@ def cpu_session(path: Path, threads: int | None = None):
     if threads:
         so.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def commit_bundle(stage: Path, manifest: dict, keep: dict, old, bundle_dir: Path) -> dict:
+    """Write ``manifest`` into the staged bundle, check that every kept file is byte for byte what it was, verify
+    the whole bundle, then swap it in for ``old`` (or move it to ``bundle_dir`` when there was none). Returns the
+    written manifest. Nothing in ``bundle_dir`` changes unless all of that passed."""
+    from runtime.bundle import load_bundle, replace_bundle_dir, write_manifest
+
+    written = write_manifest(stage, manifest)
+    changed = [rel for rel, e in keep.items() if written["files"].get(rel) != e]
+    if changed:  # a copy went wrong: never bless it with a fresh hash
+        raise ExportError(f"copying the bundle changed {changed}; {bundle_dir} not changed")
+    load_bundle(stage, verify=True)
+    if old is not None:
+        replace_bundle_dir(stage, old.root)  # the resolved directory: a symlink to the bundle keeps pointing at it
+    else:
+        stage.rename(bundle_dir)
+    return written

@@ -42,7 +42,8 @@ CHANNELS = ("touch", "api", "voice", "button", "camera")
 SIGHTING_INTENTS = {"product": "product_info", "order": "track_order", "code": "oos", "unknown": "oos"}
 # "What is this?" said to a kiosk with a camera asks about the thing held up, whatever the text model thinks
 # (it reads "what is this?" alone as a request for help: measured on the kiosk bundle).
-WHAT_IS_THIS = re.compile(r"\s*(what('s| is| are)|which (product|one) is) (this|that|these|those|it)( one| thing| product| here)?\s*[?.!]*\s*", re.I)
+WHAT_IS_THIS = re.compile(r"\s*(what('s| is| are)|which (product|one) is) (this|that|these|those|it)"
+                          r"( one| thing| product| here)?\s*[?.!]*\s*", re.I)
 # A question with "this/it/these" stays about the view whatever the fusion model's pointing score says: the rule
 # is what the dialogue uses too, and the model's doubt matters for questions with no such word.
 DEICTIC_WORD = re.compile(r"\b(it|its|this|that|these|those|one|ones|them|they)\b", re.I)

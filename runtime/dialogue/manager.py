@@ -7,7 +7,6 @@ I/O beyond the KB and order lookups, so the loop can time it as one stage.
 
 from __future__ import annotations
 
-
 import logging
 import re
 from collections.abc import Callable, Sequence

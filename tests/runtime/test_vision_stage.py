@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 import pytest
 import zxingcpp
+from test_vision_codes import photo, symbol
+from test_vision_ocr_face import drawn_face
 
 from runtime.events import Sighting
 from runtime.vision.perception import Perception
-from test_vision_codes import photo, symbol
-from test_vision_ocr_face import drawn_face
 
 KB_DIR = Path(__file__).resolve().parents[2] / "data" / "kb"
 F = zxingcpp.BarcodeFormat
