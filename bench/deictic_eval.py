@@ -10,6 +10,10 @@ benchmark, never used in training) are asked as typed turns in the same session.
 * **declined**: no product answer ("I don't recognize this product…", a clarification): the customer is asked
   to scan the barcode or name it — slower, not wrong.
 
+When the kiosk is unsure of a recognized product it asks "Is this X?" first; the simulated customer answers
+truthfully ("yes" when X is the photo's product), and the answer that follows is scored (``asked_to_confirm``
+counts these extra taps).
+
 Two conditions: ``recognized`` (the photo alone) and ``barcode`` (the same photo with the product's EAN-13
 pasted on, as when the customer turns the pack to the camera). Prints a summary table, writes JSON.
 
@@ -77,11 +81,17 @@ async def evaluate(parts, photos, questions, per_photo: int, seed: int, conditio
         seen = kiosk.sessions.get(sid).in_view
         for q, asks in rng.sample(questions, per_photo):
             reply = await kiosk.turn(sid, q)
+            confirmed = None
+            st = kiosk.sessions.get(sid)
+            if st is not None and st.pending and st.pending.get("kind") == "confirm_product":
+                # "Is this X?": the simulated customer answers truthfully, then the kiosk answers (or asks to scan)
+                confirmed = st.pending["product"] == truth
+                reply = await kiosk.turn(sid, "yes" if confirmed else "no")
             products = [c.get("id") for c in reply.cards if c.get("type") == "product"]
             outcome = "declined" if not products else "right" if products[0] == truth else "wrong"
             rows.append({"condition": condition, "truth": truth, "seen": getattr(seen, "value", None),
                          "seen_kind": getattr(seen, "kind", None), "question": q, "asks": asks, "intent": reply.intent,
-                         "outcome": outcome, "answered": products[0] if products else None})
+                         "outcome": outcome, "answered": products[0] if products else None, "confirmed": confirmed})
         await kiosk.end_session(sid, "done")
         progress(1)
     return rows
@@ -106,7 +116,8 @@ def summarize(rows: list[dict]) -> dict:
         out[cond] = {"n": n, "right": c["right"] / n, "wrong": c["wrong"] / n, "declined": c["declined"] / n,
                      "right_when_answered": c["right"] / answered if answered else None,
                      "view_right": right_seen / n, "view_unknown": seen["unknown"] / n, "per_question_kind": per_kind,
-                     "text_misses": sum(1 for r in rs if r["seen"] == r["truth"] and r["outcome"] != "right") / n}
+                     "text_misses": sum(1 for r in rs if r["seen"] == r["truth"] and r["outcome"] != "right") / n,
+                     "asked_to_confirm": sum(1 for r in rs if r.get("confirmed") is not None) / n}
     return out
 
 

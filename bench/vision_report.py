@@ -121,7 +121,8 @@ def render_vision(v: dict | None) -> list[str]:
             rwa = s["right_when_answered"]
             lines.append(f"| deictic questions answered about the right product ≥ 95% ({what}, product {cond}) | "
                          f"{s['right']:.1%} right, {s['wrong']:.1%} wrong, {s['declined']:.1%} declined (right when "
-                         f"answered {_pct(rwa)}; n {s['n']}) | {_ok(s['right'] >= 0.95)} |")
+                         f"answered {_pct(rwa)}; asked \"Is this X?\" first on {_pct(s.get('asked_to_confirm'))}; n {s['n']}) | "
+                         f"{_ok(s['right'] >= 0.95)} |")
     fu = v.get("fusion")
     if fu:
         lines += ["", f"Fusion ablation ({fu['split']} split, {fu['n']} composed turns; {fu['machine']}): the full table is in "

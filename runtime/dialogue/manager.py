@@ -7,6 +7,7 @@ I/O beyond the KB and order lookups, so the loop can time it as one stage.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -54,6 +55,9 @@ def _ingredient_mention(text: str, ent: dict) -> bool:
 
 
 FRUSTRATED_TURNS = 2
+# A recognized (not scanned) product below this calibrated probability is confirmed before it is answered about.
+# Set a priori from the product model's temperature-calibrated probabilities (held-out ECE 0.025), not tuned on val.
+CONFIRM_RECOGNIZED_BELOW = 0.7
 DEICTIC = re.compile(r"\b(it|its|it's|this|that|they|them|those|these|one)\b", re.I)
 
 
@@ -196,6 +200,21 @@ class DialogueManager:
                 return self._act(u, "answer", self.spec.text("kept", order_id=p["order_id"]))
             st.pending = None  # the customer moved on: never cancel on an unclear answer
             return None
+        if kind == "confirm_product":
+            st.pending = None
+            yes = u.intent == "affirm" or re.fullmatch(r"\s*(yes|yeah|yep|right|correct|that'?s (it|right)|it is)\W*", u.text, re.I)
+            no = u.intent == "deny" or re.fullmatch(r"\s*(no|nope|wrong|not (it|that|really))\W*", u.text, re.I)
+            if yes:  # the customer vouched for it: it is "this one" now, and the question they asked gets its answer
+                if st.in_view is not None and st.in_view.value == p["product"]:
+                    st.in_view = dataclasses.replace(st.in_view, score=1.0, source="confirmed")
+                if not p["text"]:  # it was shown, not asked about: say what it is
+                    return self._seen(u, st, p["product"])
+                asked = dataclasses.replace(u, text=p["text"], product=p["product"], refers_to_view=1.0)
+                return self._intent(asked, st, p["intent"])
+            if no:
+                st.in_view = None
+                return self._act(u, "ask_slot", self.spec.text("product_not_recognized"), quick=(staff_button(),))
+            return None  # a new question instead of an answer: handle it as one
         if kind == "slot":
             value = self._order_id(u, {})
             if value:
@@ -373,8 +392,33 @@ class DialogueManager:
     def _name(self, p: Any) -> str:
         return _attr(p, "display_name") or _attr(p, "name") or "that"
 
+    def _seen(self, u: Understanding, st: SessionState, pid: str) -> Action:
+        p = self.s.kb.product(pid)
+        if p is None:
+            return self._act(u, "answer", self.spec.text("product_not_recognized"), quick=(staff_button(),))
+        st.last_product = _attr(p, "id")
+        text = self.spec.text("product_seen", name=self._name(p), price=self._price(p), aisle=_attr(p, "aisle"))
+        return self._act(u, "answer", text, cards=(product_card(p),))
+
+    def _unsure_view(self, u: Understanding, st: SessionState, found: list[Any]) -> Action | None:
+        """The answer would rest on a product the model recognized without much confidence (no barcode): ask
+        "Is this X?" first. A wrong answer about the wrong product costs more than one tap (docs/vision.md)."""
+        seen = u.sighting
+        if not found or seen is None or seen.kind != "product" or seen.source != "recognizer" \
+                or seen.score >= CONFIRM_RECOGNIZED_BELOW or _attr(found[0], "id") != u.product \
+                or self._entity(u, "product"):
+            return None
+        p = found[0]
+        st.pending = {"kind": "confirm_product", "product": _attr(p, "id"), "intent": u.intent, "text": u.text}
+        quick = ({"label": "Yes", "text": "yes"}, {"label": "No", "text": "no"})
+        return self._act(u, "confirm", self.spec.text("confirm_product", name=self._name(p)), cards=(product_card(p),),
+                         quick=quick)
+
     def _a_find_product(self, u, st, rule, **_):
         found = self._products(u, st)
+        unsure = self._unsure_view(u, st, found)
+        if unsure is not None:
+            return unsure
         if not found:
             return self._unknown_product(u, st)
         st.last_product = _attr(found[0], "id")
@@ -399,6 +443,9 @@ class DialogueManager:
 
     def _a_product_price(self, u, st, rule, **_):
         found = self._products(u, st)
+        unsure = self._unsure_view(u, st, found)
+        if unsure is not None:
+            return unsure
         if not found:
             return self._unknown_product(u, st)
         p = found[0]
@@ -407,6 +454,9 @@ class DialogueManager:
 
     def _a_product_info(self, u, st, rule, **_):
         found = self._products(u, st)
+        unsure = self._unsure_view(u, st, found)
+        if unsure is not None:
+            return unsure
         if not found:
             return self._unknown_product(u, st)
         p = found[0]
@@ -434,9 +484,7 @@ class DialogueManager:
             if kind == "product" and self.s.kb is not None:
                 p = self.s.kb.product(u.product or "")
                 if p is not None:
-                    st.last_product = _attr(p, "id")
-                    text = self.spec.text("product_seen", name=self._name(p), price=self._price(p), aisle=_attr(p, "aisle"))
-                    act = self._act(u, "answer", text, cards=(product_card(p),))
+                    act = self._unsure_view(dataclasses.replace(u, text=""), st, [p]) or self._seen(u, st, _attr(p, "id"))
                     st.last_intent, st.last_reply = u.intent, act.reply
                     return act
             if kind == "order" and s is not None and s.value:

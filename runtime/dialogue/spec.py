@@ -35,6 +35,7 @@ DEFAULT_SAY = {
     "product_seen": ("That's {name}: {price}, in aisle {aisle}.",),
     "product_not_recognized": ("I don't recognize this product. Could you scan its barcode, or tell me its name?",),
     "nothing_in_view": ("I can't see a product. Hold it up to the camera or scan its barcode, or tell me its name.",),
+    "confirm_product": ("Is this {name}?",),
     "code_unknown": ("I can't use that code here. You can scan a product barcode or the QR code of an order.",),
 }
 

@@ -224,6 +224,34 @@ def test_a_product_in_view_answers_this_one_and_a_named_product_wins(dm):
     assert d.kind == "ask_slot" and "can't see a product" in d.reply
 
 
+def test_an_unsure_recognition_is_confirmed_before_it_is_answered_about(dm):
+    import dataclasses
+
+    from runtime.events import Sighting
+
+    m, _ = dm
+    unsure = Sighting("product", "oat-milk", 0.55, "recognizer", "Oat milk")
+    sure = Sighting("product", "oat-milk", 0.95, "recognizer", "Oat milk")
+    for answer, expect in (("yes", "€1.99"), ("no", "don't recognize")):
+        st = SessionState("s", camera=True, in_view=unsure)
+        q = m.handle(dataclasses.replace(U("how much is this?", "product_price"), product="oat-milk", sighting=unsure), st)
+        assert q.kind == "confirm" and "Is this" in q.reply and q.cards[0]["source"] == "catalog:oat-milk"
+        a = m.handle(U(answer, "affirm" if answer == "yes" else "deny"), st)
+        assert expect in a.reply, a.reply
+        assert (st.in_view is not None and st.in_view.source == "confirmed") == (answer == "yes")
+    st = SessionState("s", camera=True, in_view=sure)
+    direct = m.handle(dataclasses.replace(U("how much is this?", "product_price"), product="oat-milk", sighting=sure), st)
+    assert "€1.99" in direct.reply and st.pending is None  # confident: no extra question
+    scanned = Sighting("product", "oat-milk", 1.0, "barcode", "Oat milk")
+    st = SessionState("s", camera=True)
+    shown = m.sighting(dataclasses.replace(U("[showed: Oat milk]", "product_info"), product="oat-milk", channel="camera",
+                                           sighting=unsure), st)
+    assert shown.kind == "confirm"
+    assert "€1.99" in m.handle(U("yes", "affirm"), st).reply
+    assert m.sighting(dataclasses.replace(U("[scanned]", "product_info"), product="oat-milk", sighting=scanned),
+                      SessionState("t")).kind == "answer"
+
+
 def test_recommendations(dm):
     m, _ = dm
     st = SessionState("s")
