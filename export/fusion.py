@@ -310,13 +310,7 @@ def export_fusion_model(ckpt_path: Path, bundle_dir: Path, data_path: Path | Non
         lat = latency_ms(files[deployed], offer(test, full)[0])
         say(f"latency ({deployed}, batch 1, 1 thread): p50 {lat['p50']:.3f} ms")
 
-        stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=old.root.parent))
-        stage.chmod(0o755)  # mkdtemp makes it private; the kiosk's service user must read the bundle
-        try:
-            for rel in keep:
-                (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(old.root / rel, stage / rel)
-            (stage / MODEL).mkdir()
+        with steps.staged_bundle(old, bundle_dir, keep, MODEL) as stage:
             variants = {}
             for prec in precisions:
                 rel = f"{MODEL}/model.{prec}.onnx"
@@ -376,9 +370,6 @@ def export_fusion_model(ckpt_path: Path, bundle_dir: Path, data_path: Path | Non
             manifest = {k: v for k, v in old.manifest.items() if k != "files"}
             manifest["models"] = {**{k: v for k, v in old.manifest["models"].items() if k != MODEL}, MODEL: entry}
             written = steps.commit_bundle(stage, manifest, keep, old, bundle_dir)
-        finally:
-            if stage.exists():
-                shutil.rmtree(stage, ignore_errors=True)
     return written
 
 

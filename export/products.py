@@ -527,15 +527,7 @@ def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: 
                 "parity": emb_parity,
             }
 
-        out_parent = (old.root.parent if old is not None else bundle_dir.resolve().parent)
-        out_parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_parent))
-        stage.chmod(0o755)  # mkdtemp makes it private; the kiosk's service user must read the bundle
-        try:
-            for rel in keep:
-                (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(old.root / rel, stage / rel)
-            (stage / MODEL_NAME).mkdir()
+        with steps.staged_bundle(old, bundle_dir, keep, MODEL_NAME) as stage:
             if align_arrays is not None:
                 np.savez(stage / MODEL_NAME / ALIGN_FILE, **align_arrays)
             variants = {}
@@ -595,9 +587,6 @@ def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: 
                             "created_utc": entry["created_utc"], "producer": entry["producer"],
                             "models": {MODEL_NAME: entry}}
             written = steps.commit_bundle(stage, manifest, keep, old, bundle_dir)
-        finally:
-            if stage.exists():
-                shutil.rmtree(stage, ignore_errors=True)
     return written
 
 

@@ -235,13 +235,7 @@ def export_retrieval_model(bundle_dir: Path, precision: str = "int8", opset: int
                               code="parity")
 
         say(f"writing {bundle_dir} (staged beside it, then swapped in)")
-        stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=old.root.parent))
-        stage.chmod(0o755)  # mkdtemp makes it private; the kiosk's service user must be able to read the bundle
-        try:
-            for rel in keep:
-                (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(old.root / rel, stage / rel)
-            (stage / MODEL_NAME).mkdir(exist_ok=True)
+        with steps.staged_bundle(old, bundle_dir, keep, MODEL_NAME) as stage:
             rel_model = f"{MODEL_NAME}/model.{precision}.onnx"
             rel_tok = f"{MODEL_NAME}/tokenizer.json"
             shutil.copyfile(final, stage / rel_model)
@@ -271,9 +265,6 @@ def export_retrieval_model(bundle_dir: Path, precision: str = "int8", opset: int
             manifest["models"] = {**{k: v for k, v in old.manifest["models"].items() if k != MODEL_NAME},
                                   MODEL_NAME: entry}
             written = steps.commit_bundle(stage, manifest, keep, old, bundle_dir)
-        finally:
-            if stage.exists():
-                shutil.rmtree(stage, ignore_errors=True)
     return written
 
 

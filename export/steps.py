@@ -7,7 +7,10 @@ previous stage by ``export.parity``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -167,3 +170,23 @@ def commit_bundle(stage: Path, manifest: dict, keep: dict, old, bundle_dir: Path
     else:
         stage.rename(bundle_dir)
     return written
+
+
+@contextlib.contextmanager
+def staged_bundle(old, bundle_dir: Path, keep: dict, model: str):
+    """A staging directory beside the bundle holding a copy of every kept file and an empty ``model/``; the
+    export writes its files there and calls :func:`commit_bundle`. Whatever is left is removed on the way out, so
+    a failed export leaves nothing behind and the bundle untouched."""
+    out_parent = old.root.parent if old is not None else Path(bundle_dir).resolve().parent
+    out_parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_parent))
+    stage.chmod(0o755)  # mkdtemp makes it private; the kiosk's service user must read the bundle
+    try:
+        for rel in keep:
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(old.root / rel, stage / rel)
+        (stage / model).mkdir()
+        yield stage
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
