@@ -311,13 +311,7 @@ def export_fusion_model(ckpt_path: Path, bundle_dir: Path, data_path: Path | Non
         say(f"latency ({deployed}, batch 1, 1 thread): p50 {lat['p50']:.3f} ms")
 
         with steps.staged_bundle(old, bundle_dir, keep, MODEL) as stage:
-            variants = {}
-            for prec in precisions:
-                rel = f"{MODEL}/model.{prec}.onnx"
-                shutil.copyfile(files[prec], stage / rel)
-                variants[prec] = {"file": rel, "precision": prec, "opset": steps.opset_of(files[prec])}
-                if prec == "int8":
-                    variants[prec]["quantization"] = quant
+            variants = steps.stage_variants(stage, MODEL, files, precisions, {"int8": {"quantization": quant}})
             dims = model.dims
             info = ck["info"]
             entry = {

@@ -139,18 +139,12 @@ def export_intent_bundle(ckpt: IntentCheckpoint, out_dir: Path, precisions: Sequ
         stage.chmod(0o755)  # mkdtemp makes it private; a kiosk service user must be able to read the bundle
         try:
             (stage / "intent").mkdir()
-            variants = {}
-            for prec in precisions:
-                rel = f"intent/model.{prec}.onnx"
-                shutil.copyfile(files[prec], stage / rel)
-                variants[prec] = {"file": rel, "precision": prec, "opset": steps.opset_of(files[prec])}
-                if prec == "int8":
-                    variants[prec]["quantization"] = {"mode": "dynamic", "per_channel": True, "weight_type": "QInt8",
-                                                      **(int8_recipe or {}),
-                                                      "tool": "onnxruntime.quantization.quantize_dynamic",
-                                                      "graph": "ORT BERT fusions (opt_level 1)"}
-                if prec == "fp16":
-                    variants[prec]["note"] = "fp16 weights, fp32 I/O; for CUDA / TensorRT"
+            variants = steps.stage_variants(stage, "intent", files, precisions, {
+                "int8": {"quantization": {"mode": "dynamic", "per_channel": True, "weight_type": "QInt8",
+                                          **(int8_recipe or {}), "tool": "onnxruntime.quantization.quantize_dynamic",
+                                          "graph": "ORT BERT fusions (opt_level 1)"}},
+                "fp16": {"note": "fp16 weights, fp32 I/O; for CUDA / TensorRT"},
+            })
             shutil.copyfile(ckpt.tokenizer_path, stage / "intent/tokenizer.json")
             model_entry = {
                 "task": "text-intent",

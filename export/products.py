@@ -530,13 +530,7 @@ def export_product_model(ckpt: ProductCheckpoint, bundle_dir: Path, precisions: 
         with steps.staged_bundle(old, bundle_dir, keep, MODEL_NAME) as stage:
             if align_arrays is not None:
                 np.savez(stage / MODEL_NAME / ALIGN_FILE, **align_arrays)
-            variants = {}
-            for prec in precisions:
-                rel = f"{MODEL_NAME}/model.{prec}.onnx"
-                shutil.copyfile(files[prec], stage / rel)
-                variants[prec] = {"file": rel, "precision": prec, "opset": steps.opset_of(files[prec])}
-                if prec == "int8":
-                    variants[prec]["quantization"] = quant
+            variants = steps.stage_variants(stage, MODEL_NAME, files, precisions, {"int8": {"quantization": quant}})
             cat = ckpt.catalog
             heldout_metrics = {
                 "n": int(len(y)),

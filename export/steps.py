@@ -154,6 +154,17 @@ def cpu_session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def stage_variants(stage: Path, model: str, files: dict, precisions: Sequence[str], extra: dict | None = None) -> dict:
+    """Copy each precision's ONNX file into ``stage/model/`` and describe it for the manifest; ``extra[prec]``
+    (its quantization recipe, a note) is added to that variant's entry."""
+    variants = {}
+    for prec in precisions:
+        rel = f"{model}/model.{prec}.onnx"
+        shutil.copyfile(files[prec], stage / rel)
+        variants[prec] = {"file": rel, "precision": prec, "opset": opset_of(files[prec]), **(extra or {}).get(prec, {})}
+    return variants
+
+
 def commit_bundle(stage: Path, manifest: dict, keep: dict, old, bundle_dir: Path) -> dict:
     """Write ``manifest`` into the staged bundle, check that every kept file is byte for byte what it was, verify
     the whole bundle, then swap it in for ``old`` (or move it to ``bundle_dir`` when there was none). Returns the
