@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from runtime.dialogue import DialogueManager
+from runtime.dialogue.manager import DEICTIC
 from runtime.errors import InputError
 from runtime.events import Action, Reply, Sighting, TouchText, Understanding
 from runtime.metrics import Metrics
@@ -44,9 +45,6 @@ SIGHTING_INTENTS = {"product": "product_info", "order": "track_order", "code": "
 # (it reads "what is this?" alone as a request for help: measured on the kiosk bundle).
 WHAT_IS_THIS = re.compile(r"\s*(what('s| is| are)|which (product|one) is) (this|that|these|those|it)"
                           r"( one| thing| product| here)?\s*[?.!]*\s*", re.I)
-# A question with "this/it/these" stays about the view whatever the fusion model's pointing score says: the rule
-# is what the dialogue uses too, and the model's doubt matters for questions with no such word.
-DEICTIC_WORD = re.compile(r"\b(it|its|this|that|these|those|one|ones|them|they)\b", re.I)
 FACE_CUE_TTL_S = 5.0
 PRODUCT_INTENTS = frozenset({"product_info", "product_price", "find_product"})
 FUSED_INTENT_MIN = 0.5  # a face reading older than this is not this turn's face
@@ -254,7 +252,9 @@ class Kiosk:
             if fused is not None:
                 refers, frustration = fused.refers_to_view, fused.frustration
                 emotion = "frustrated" if fused.frustrated else "calm"
-                if product is not None and refers < self.fusion.refers_threshold and not DEICTIC_WORD.search(ev.text):
+                # a question with "this/it/that one" stays about the view whatever the pointing score says: that word is
+                # what the dialogue goes by (DEICTIC); the model's doubt decides only for questions without one
+                if product is not None and refers < self.fusion.refers_threshold and not DEICTIC.search(ev.text):
                     product = None  # "how much are bananas" while holding milk: the question is not about the view
                 if product is not None and intent not in PRODUCT_INTENTS and fused.intent in PRODUCT_INTENTS \
                         and fused.confidence >= FUSED_INTENT_MIN and refers >= self.fusion.refers_threshold:
@@ -338,8 +338,6 @@ class Kiosk:
                                  quick_replies=({"label": "Call staff", "text": "I'd like to talk to a person"},))
                 elif u.channel == "button":
                     act = self.dialogue.handoff(u, st, "button")
-                elif u.channel == "camera":
-                    act = self.dialogue.sighting(u, st)
                 else:
                     act = self.dialogue.handle(u, st)
                 self._done("dialogue", time.perf_counter() - t0)

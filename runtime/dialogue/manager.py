@@ -120,7 +120,7 @@ class DialogueManager:
     # ------------------------------------------------------------------------------------------ entry point
     def handle(self, u: Understanding, st: SessionState) -> Action:
         try:
-            act = self._handle(u, st)
+            act = self._sighting(u, st) if u.channel == "camera" else self._handle(u, st)
         except Exception:  # a bug in one action must not take the kiosk down: apologise and offer a person
             log.exception("dialogue failed on intent %s", u.intent)
             act = self._act(u, "error", self.spec.text("error"), quick=(staff_button(),))
@@ -475,30 +475,23 @@ class DialogueManager:
         return self._act(u, "answer", self.spec.text("product_info", description=desc, name=self._name(p)), cards=(product_card(p),))
 
     # the camera -----------------------------------------------------------------------------------------
-    def sighting(self, u: Understanding, st: SessionState) -> Action:
-        """A deliberate scan (or a product recognized and held steady): show what it is. An order code answers
-        the order question pending in the conversation (a cancellation waiting for its number) or its status."""
+    def _sighting(self, u: Understanding, st: SessionState) -> Action:
+        """A camera turn: a deliberate scan (or a product recognized and held steady): show what it is. An order
+        code answers the order question pending in the conversation (a cancellation waiting for its number) or its
+        status."""
         s = u.sighting
         kind = s.kind if s is not None else None
-        try:
-            if kind == "product" and self.s.kb is not None:
-                p = self.s.kb.product(u.product or "")
-                if p is not None:
-                    act = self._unsure_view(dataclasses.replace(u, text=""), st, [p]) or self._seen(u, st, _attr(p, "id"))
-                    st.last_intent, st.last_reply = u.intent, act.reply
-                    return act
-            if kind == "order" and s is not None and s.value:
-                p = st.pending or {}
-                intent = p.get("intent") if p.get("kind") == "slot" and p.get("slot") == "order_id" else "track_order"
-                st.pending = None
-                act = self._intent(u, st, intent, order_id=s.value)
-                st.last_intent, st.last_reply = intent, act.reply
-                return act
-            if kind == "unknown":
-                return self._act(u, "answer", self.spec.text("product_not_recognized"), quick=(staff_button(),))
-        except Exception:
-            log.exception("dialogue failed on a %s sighting", kind)
-            return self._act(u, "error", self.spec.text("error"), quick=(staff_button(),))
+        if kind == "product" and self.s.kb is not None:
+            p = self.s.kb.product(u.product or "")
+            if p is not None:
+                return self._unsure_view(dataclasses.replace(u, text=""), st, [p]) or self._seen(u, st, _attr(p, "id"))
+        if kind == "order" and s is not None and s.value:
+            p = st.pending or {}
+            intent = p.get("intent") if p.get("kind") == "slot" and p.get("slot") == "order_id" else "track_order"
+            st.pending = None
+            return self._intent(u, st, intent, order_id=s.value)
+        if kind == "unknown":
+            return self._act(u, "answer", self.spec.text("product_not_recognized"), quick=(staff_button(),))
         return self._act(u, "answer", self.spec.text("code_unknown"))
 
     # recommendations -------------------------------------------------------------------------------------

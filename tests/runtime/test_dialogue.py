@@ -244,12 +244,12 @@ def test_an_unsure_recognition_is_confirmed_before_it_is_answered_about(dm):
     assert "€1.99" in direct.reply and st.pending is None  # confident: no extra question
     scanned = Sighting("product", "oat-milk", 1.0, "barcode", "Oat milk")
     st = SessionState("s", camera=True)
-    shown = m.sighting(dataclasses.replace(U("[showed: Oat milk]", "product_info"), product="oat-milk", channel="camera",
-                                           sighting=unsure), st)
+    shown = m.handle(dataclasses.replace(U("[showed: Oat milk]", "product_info"), product="oat-milk", channel="camera",
+                                         sighting=unsure), st)
     assert shown.kind == "confirm"
     assert "€1.99" in m.handle(U("yes", "affirm"), st).reply
-    assert m.sighting(dataclasses.replace(U("[scanned]", "product_info"), product="oat-milk", sighting=scanned),
-                      SessionState("t")).kind == "answer"
+    assert m.handle(dataclasses.replace(U("[scanned]", "product_info"), product="oat-milk", channel="camera",
+                                        sighting=scanned), SessionState("t")).kind == "answer"
 
 
 def test_recommendations(dm):
