@@ -114,16 +114,11 @@ class Perception:
         """The knowledge-base id of the recognizer's class: the catalog row named like the class label (the data
         set's class name), else the row with that ``fine_id``. A store that dropped a product from its catalog gets
         None: better "I don't recognize this" than a card for something not sold here."""
-        if self.kb is None:
+        kb = self.kb
+        if kb is None:
             return None
-        products = list(self.kb.products)
-        for p in products:
-            if getattr(p, "name", None) == label:
-                return p.id
-        for p in products:
-            if getattr(p, "fine_id", None) == fine_id:
-                return p.id
-        return None
+        p = next((q for q in kb.products if q.name == label), None) or kb.by_fine_id(fine_id)
+        return p.id if p is not None else None
 
     def receipt(self, image: np.ndarray, ts: float) -> Sighting | None:
         ids = self.ocr.find_order_ids(image)
