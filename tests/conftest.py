@@ -65,3 +65,21 @@ def artifacts_dir() -> Path:
 def copy_bundle(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(scope="module")
+def kb():
+    """The demo store's knowledge base (data/kb); a module that needs another one defines its own ``kb``."""
+    from runtime.kb import KnowledgeBase
+
+    return KnowledgeBase.load(REPO / "data" / "kb")
+
+
+@pytest.fixture(scope="module")
+def orders():
+    """The demo orders in an in-memory order database (a test that changes orders builds its own)."""
+    from runtime.orders import SqliteOrderSource
+
+    src = SqliteOrderSource(":memory:")
+    src.seed_from_csv(REPO / "data" / "kb" / "orders.csv")
+    return src

@@ -30,11 +30,6 @@ REQUIRED_FAQ = ("opening-hours", "returns", "refund-policy", "payment-methods", 
                 "bottle-return", "click-and-collect", "lost-property", "allergens-info", "store-services")
 
 
-@pytest.fixture(scope="module")
-def kb() -> KnowledgeBase:
-    return KnowledgeBase.load(KB_DIR)
-
-
 @pytest.fixture
 def kb_copy(tmp_path: Path) -> Path:
     dst = tmp_path / "kb"

@@ -19,8 +19,6 @@ import zxingcpp
 
 from device.camera import Frame
 from runtime.errors import InputError
-from runtime.kb import KnowledgeBase
-from runtime.orders import SqliteOrderSource
 from runtime.vision import (
     MAX_PAYLOAD_CHARS,
     Code,
@@ -37,18 +35,6 @@ from runtime.vision import (
 
 KB_DIR = Path(__file__).resolve().parents[2] / "data" / "kb"
 F = zxingcpp.BarcodeFormat
-
-
-@pytest.fixture(scope="module")
-def kb() -> KnowledgeBase:
-    return KnowledgeBase.load(KB_DIR)
-
-
-@pytest.fixture(scope="module")
-def orders():
-    src = SqliteOrderSource(":memory:")
-    src.seed_from_csv(KB_DIR / "orders.csv")
-    return src
 
 
 @pytest.fixture(scope="module")

@@ -24,22 +24,6 @@ KB_DIR = Path(__file__).resolve().parents[2] / "data" / "kb"
 F = zxingcpp.BarcodeFormat
 
 
-@pytest.fixture(scope="module")
-def kb():
-    from runtime.kb import KnowledgeBase
-
-    return KnowledgeBase.load(KB_DIR)
-
-
-@pytest.fixture(scope="module")
-def orders():
-    from runtime.orders import SqliteOrderSource
-
-    src = SqliteOrderSource(":memory:")
-    src.seed_from_csv(KB_DIR / "orders.csv")
-    return src
-
-
 def ean_photo(kb, pid: str) -> np.ndarray:
     p = kb.product(pid)
     return photo(symbol(p.ean13, F.EAN13, scale=2), cv2.imread(str(KB_DIR / "images" / p.image)), at=(0.3, 0.4))
