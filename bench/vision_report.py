@@ -26,13 +26,16 @@ CLI = [str(REPO / ".venv" / "bin" / "storeclerk")] if (REPO / ".venv/bin/storecl
     sys.executable, "-m", "runtime.cli"]
 
 
-def _run(cmd: list[str], name: str, timeout: int = 3600) -> bool:
+def _run(cmd: list[str], name: str, json_out: Path | None = None, timeout: int = 3600) -> bool:
+    """Run one benchmark; ``json_out``: keep the last line of its output (a command's ``--json`` object) there."""
     print(f"[bench] {name} …", flush=True)
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=REPO, env=ENV, timeout=timeout, capture_output=True, text=True)
     if p.returncode != 0:
         print(f"[bench] {name} failed ({p.returncode}):\n{p.stderr[-2000:]}", file=sys.stderr)
         return False
+    if json_out is not None:
+        json_out.write_text(p.stdout.strip().splitlines()[-1] + "\n")
     print(f"[bench] {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     return True
 
@@ -42,18 +45,10 @@ def run_vision() -> dict | None:
     py = sys.executable
     _run([py, "bench/vision_bench.py", "--json", str(RESULTS / "vision_bench.json")], "vision_bench.py")
     if GROCERY.exists():
-        p = subprocess.run([*CLI, "eval", "products", "--data", str(GROCERY), "--list", str(GROCERY / "val.txt"), "--json"],
-                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=3600)
-        if p.returncode == 0:
-            (RESULTS / "products_eval.json").write_text(p.stdout.strip().splitlines()[-1] + "\n")
-        else:
-            print(f"[bench] eval products failed:\n{p.stderr[-2000:]}", file=sys.stderr)
-        p = subprocess.run([*CLI, "eval", "align", "--data", str(GROCERY), "--model", "models/bundles/kiosk", "--json"],
-                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=3600)
-        if p.returncode == 0:
-            (RESULTS / "align.json").write_text(p.stdout.strip().splitlines()[-1] + "\n")
-        else:
-            print(f"[bench] eval align failed:\n{p.stderr[-2000:]}", file=sys.stderr)
+        _run([*CLI, "eval", "products", "--data", str(GROCERY), "--list", str(GROCERY / "val.txt"), "--json"],
+             "eval products", RESULTS / "products_eval.json")
+        _run([*CLI, "eval", "align", "--data", str(GROCERY), "--model", "models/bundles/kiosk", "--json"],
+             "eval align", RESULTS / "align.json")
         _run([py, "bench/deictic_eval.py", "--out", str(RESULTS / "deictic.json")], "deictic_eval.py")
         _run([py, "bench/deictic_eval.py", "--questions", "data/eval/deictic_questions_heldout.csv",
               "--out", str(RESULTS / "deictic_heldout.json")], "deictic_eval.py (second question set)")
